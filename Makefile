@@ -1,0 +1,95 @@
+# Dose x overlap ptychography baseline study. `make` (= `make help`) lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON        ?= python3
+VENV          ?= .venv
+DESIGN        ?= plans/fly64_dose_overlap/design.json
+SMOKE_DESIGN  ?= plans/smoke/design.json
+DOSE          ?= 1000
+VIEW          ?=
+SPLIT         ?=
+EPOCHS        ?=
+DEVICE        ?= auto
+WORKERS       ?= 1
+TIMEOUT       ?=
+REPORTS       ?= tmp/reports
+OUT           ?= tmp/study
+PHASE_C_ROOT  ?= $(OUT)/phase_c
+PHASE_D_ROOT  ?= $(OUT)/phase_d
+ARTIFACT_ROOT ?= $(OUT)/phase_f
+SMOKE_OUT     ?= tmp/smoke
+PYTEST_ARGS   ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOW   := $(shell date -u +%Y-%m-%dT%H%M%SZ)
+
+# Optional pass-through flags: empty variables add nothing.
+PLAN_FILTERS := $(if $(VIEW),--view $(VIEW)) $(if $(SPLIT),--split $(SPLIT)) $(if $(EPOCHS),--num-epochs $(EPOCHS))
+RUN_FLAGS    := --device $(DEVICE) --workers $(WORKERS) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+DOSE_DATA    := $(PHASE_C_ROOT)/dose_$(DOSE)/patched_train.npz
+
+.PHONY: help venv test dry-run real-run data doc-sync doc-check bench clean
+
+help: ## List the targets (default)
+	@echo "Dose x overlap ptychography baseline study"
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (override with VAR=value): DOSE=$(DOSE) VIEW=$(VIEW) SPLIT=$(SPLIT) EPOCHS=$(EPOCHS)"
+	@echo "  DEVICE=$(DEVICE) WORKERS=$(WORKERS) TIMEOUT=$(TIMEOUT) DESIGN=$(DESIGN) OUT=$(OUT) REPORTS=$(REPORTS)"
+
+$(STAMP): setup.cfg constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	$(BIN)/python -c "import ptychi, torch, tools; print('venv ready: torch', torch.__version__, 'ptychi', ptychi.__file__)"
+	touch $@
+
+venv: $(STAMP) ## Build .venv from setup.cfg + constraints.txt (only when missing or older)
+
+test: $(STAMP) ## Run the whole test suite, then check that generated docs are current
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory doc-check
+
+dry-run: $(STAMP) ## Smoke design: generate, validate, plan, run-ptychi --dry-run (seconds)
+	@log=$(REPORTS)/$(NOW)/cli/dry_run.log; mkdir -p $$(dirname $$log); \
+	set -o pipefail; ( set -e; \
+	  $(BIN)/gen-synthetic --design $(SMOKE_DESIGN) --phase-c-root $(SMOKE_OUT)/phase_c --phase-d-root $(SMOKE_OUT)/phase_d; \
+	  $(BIN)/validate-npz -q $(SMOKE_OUT)/phase_c $(SMOKE_OUT)/phase_d; \
+	  $(BIN)/plan-jobs --design $(SMOKE_DESIGN) --phase-c-root $(SMOKE_OUT)/phase_c --phase-d-root $(SMOKE_OUT)/phase_d \
+	    --artifact-root $(SMOKE_OUT)/phase_f --allow-missing-phase-d; \
+	  $(BIN)/run-ptychi --manifest $(SMOKE_OUT)/phase_f/reconstruction_manifest.json --dry-run; \
+	) 2>&1 | tee $$log; \
+	echo "log: $$log"
+
+$(DOSE_DATA): $(DESIGN) | $(STAMP)
+	$(BIN)/gen-synthetic --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) --dose $(DOSE)
+
+data: $(DOSE_DATA) ## Generate the study data of DOSE (only if missing or the design changed)
+
+real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQML), summarize
+	@log=$(REPORTS)/$(NOW)/real_run/dose_$(DOSE)/run.log; mkdir -p $$(dirname $$log); \
+	set -o pipefail; ( \
+	  $(BIN)/validate-npz -q $(PHASE_C_ROOT)/dose_$(DOSE) $(PHASE_D_ROOT)/dose_$(DOSE) || exit $$?; \
+	  $(BIN)/plan-jobs --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) \
+	    --artifact-root $(ARTIFACT_ROOT) --dose $(DOSE) $(PLAN_FILTERS) || exit $$?; \
+	  $(BIN)/run-ptychi --manifest $(ARTIFACT_ROOT)/reconstruction_manifest.json $(RUN_FLAGS); run_rc=$$?; \
+	  $(BIN)/summarize --artifact-root $(ARTIFACT_ROOT) || exit $$?; \
+	  exit $$run_rc; \
+	) 2>&1 | tee $$log; rc=$$?; \
+	echo "log: $$log"; exit $$rc
+
+doc-sync: $(STAMP) ## Regenerate the generated parts of docs/ (test index, CLI reference, results)
+	$(BIN)/python -m tools.doc_sync write --artifact-root $(ARTIFACT_ROOT)
+
+doc-check: $(STAMP) ## Fail when the tracked generated docs are stale
+	$(BIN)/python -m tools.doc_sync check
+
+bench: $(STAMP) ## Benchmarks: ratios measured side by side in one run (not part of test)
+	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean: ## Remove generated data and reports under tmp/ (keeps .venv)
+	find tmp -mindepth 1 -not -name .gitkeep -delete

@@ -1,0 +1,1 @@
+"""Pure library code of the study tools: no click, no printing."""

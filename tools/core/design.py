@@ -1,0 +1,195 @@
+"""The study design: loading, validation and every derived value, computed in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DesignError
+from .manifests import validation_errors
+
+SPLITS = ("train", "test")
+BASELINE_VIEW = "baseline"
+PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = PLANCK_EV_M / energy_eV
+
+
+def spacing_threshold(overlap_fraction: float, probe_diameter_px: float) -> float:
+    """Minimum centre spacing of an overlap view: ``S = (1 - f) * D`` (object pixels)."""
+    if not 0.0 <= overlap_fraction < 1.0:
+        raise DesignError(f"overlap fraction {overlap_fraction} is not in [0, 1)")
+    if probe_diameter_px <= 0:
+        raise DesignError(f"probe diameter {probe_diameter_px} must be > 0")
+    return (1.0 - overlap_fraction) * probe_diameter_px
+
+
+def dose_key(dose: float) -> str:
+    """Folder name of a dose: ``dose_1000``."""
+    return f"dose_{int(round(dose))}"
+
+
+def canonical_json(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """A validated study design with its derived values."""
+
+    raw: dict
+    path: Path
+    spacing_thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def doses(self) -> list[int]:
+        return [int(round(d)) for d in self.raw["doses"]]
+
+    @property
+    def probe_size(self) -> int:
+        return int(self.raw["probe"]["size"])
+
+    @property
+    def object_shape(self) -> tuple[int, int]:
+        rows, cols = self.raw["object"]["shape"]
+        return int(rows), int(cols)
+
+    @property
+    def overlap_views(self) -> dict[str, float]:
+        return dict(self.raw["overlap_views"])
+
+    @property
+    def views(self) -> list[str]:
+        """``baseline`` (every position) followed by the overlap views in file order."""
+        return [BASELINE_VIEW, *self.raw["overlap_views"].keys()]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return SPLITS
+
+    @property
+    def probe_diameter_px(self) -> float:
+        return float(self.raw["overlap_reference"]["probe_diameter_px"])
+
+    @property
+    def seeds(self) -> dict[str, int]:
+        return dict(self.raw["seeds"])
+
+    @property
+    def reconstruction(self) -> dict:
+        return dict(self.raw["reconstruction"])
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.raw["metrics"])
+
+    @property
+    def instrument(self) -> dict:
+        return dict(self.raw["instrument"])
+
+    @property
+    def wavelength_m(self) -> float:
+        return PLANCK_EV_M / float(self.raw["instrument"]["photon_energy_eV"])
+
+    @property
+    def object_pixel_size_m(self) -> float:
+        """Far-field sampling: ``lambda * z / (N * detector_pixel)``."""
+        inst = self.raw["instrument"]
+        return self.wavelength_m * inst["detector_distance_m"] / (self.probe_size * inst["detector_pixel_size_m"])
+
+    @property
+    def design_hash(self) -> str:
+        """sha256 of the canonical JSON of the design (key order and whitespace do not matter)."""
+        return hashlib.sha256(canonical_json(self.raw).encode()).hexdigest()
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the design, relative to the design file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def derived(self) -> dict:
+        """Derived values written into every manifest that uses them."""
+        return {
+            "design_name": self.name,
+            "design_hash": self.design_hash,
+            "probe_diameter_px": self.probe_diameter_px,
+            "spacing_thresholds": dict(self.spacing_thresholds),
+            "object_pixel_size_m": self.object_pixel_size_m,
+            "wavelength_m": self.wavelength_m,
+        }
+
+
+def _check_rules(raw: dict, source: str) -> None:
+    """Rules the schema cannot express; each error names the field."""
+    for view, f in raw["overlap_views"].items():
+        if not (0.0 <= f < 1.0):
+            raise DesignError(f"{source}: overlap_views/{view}: {f} is not in [0, 1)")
+    for i, dose in enumerate(raw["doses"]):
+        if abs(dose - round(dose)) > 1e-9:
+            raise DesignError(f"{source}: doses/{i}: {dose} is not a whole number of photons")
+    keys = [int(round(d)) for d in raw["doses"]]
+    if len(set(keys)) != len(keys):
+        raise DesignError(f"{source}: doses: two doses share a folder name ({keys})")
+    n = raw["probe"]["size"]
+    rows, cols = raw["object"]["shape"]
+    margin = raw["scan"].get("margin_px", 0.0)
+    if rows < n + 2 * margin + 2 or cols < n + 2 * margin + 2:
+        raise DesignError(
+            f"{source}: object/shape: {rows}x{cols} cannot hold a {n}x{n} probe window plus margins"
+        )
+    probe = raw["probe"]
+    if "model" in probe and "pupil_radius_fraction" not in probe:
+        raise DesignError(f"{source}: probe/pupil_radius_fraction: required for model '{probe['model']}'")
+    obj = raw["object"]
+    if obj["model"] == "image" and "image" not in obj:
+        raise DesignError(f"{source}: object/image: required for model 'image'")
+    if obj["model"] != "image" and "feature_size_px" not in obj:
+        raise DesignError(f"{source}: object/feature_size_px: required for model '{obj['model']}'")
+
+
+def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
+    """Validate a design document (schema + rules) and compute derived values."""
+    path = Path(path)
+    source = str(path)
+    if not isinstance(raw, dict):
+        raise DesignError(f"{source}: (root): expected a JSON object")
+    # Rules that name a field precisely come first where the schema's message is vaguer.
+    if isinstance(raw.get("overlap_views"), dict):
+        for view, f in raw["overlap_views"].items():
+            if isinstance(f, (int, float)) and not isinstance(f, bool) and not (0.0 <= f < 1.0):
+                raise DesignError(f"{source}: overlap_views/{view}: {f} is not in [0, 1)")
+    errors = validation_errors(raw, "study_design")
+    if errors:
+        json_path, message = errors[0]
+        raise DesignError(f"{source}: {json_path}: {message}")
+    _check_rules(raw, source)
+    diameter = float(raw["overlap_reference"]["probe_diameter_px"])
+    thresholds = {view: spacing_threshold(f, diameter) for view, f in raw["overlap_views"].items()}
+    design = StudyDesign(raw=raw, path=path.resolve(), spacing_thresholds=thresholds)
+    probe = raw["probe"]
+    if "npz" in probe and not design.resolve(probe["npz"]).is_file():
+        raise DesignError(f"{source}: probe/npz: file not found: {design.resolve(probe['npz'])}")
+    if raw["object"]["model"] == "image" and not design.resolve(raw["object"]["image"]).is_file():
+        raise DesignError(f"{source}: object/image: file not found: {design.resolve(raw['object']['image'])}")
+    return design
+
+
+def load_design(path: str | Path) -> StudyDesign:
+    """Read, validate and derive a study design file."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DesignError(f"{path}: design file not found") from exc
+    except IsADirectoryError as exc:
+        raise DesignError(f"{path}: is a folder, expected a design JSON file") from exc
+    except json.JSONDecodeError as exc:
+        raise DesignError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DesignError(f"{path}: cannot read: {exc}") from exc
+    return parse_design(raw, path)

@@ -1,0 +1,138 @@
+"""JSON manifests: schema lookup, validation and atomic writes.
+
+Every JSON file the tools hand to each other goes through :func:`write_json` (validated, then
+written to a temporary file in the same folder, fsync'ed and renamed) and :func:`read_json`
+(parsed, then validated). A kill at any moment leaves either the old or the new file.
+Validation errors read ``file: json/path: message``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from .errors import ManifestError
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """Return the schema ``schemas/<name>.schema.json`` (checked to be a valid 2020-12 schema)."""
+    path = SCHEMA_DIR / f"{name}.schema.json"
+    try:
+        schema = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: schema not found") from exc
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def schema_version(name: str) -> str:
+    """The ``schema_version`` a document written against schema ``name`` must carry."""
+    return load_schema(name)["properties"]["schema_version"]["const"]
+
+
+def _json_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return "/".join(parts) if parts else "(root)"
+
+
+def validation_errors(doc: Any, schema_name: str) -> list[tuple[str, str]]:
+    """All schema violations of ``doc`` as ``(json_path, message)`` pairs, sorted by path."""
+    validator = Draft202012Validator(load_schema(schema_name))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    return [(_json_path(e), e.message) for e in errors]
+
+
+def validate(doc: Any, schema_name: str, source: str | os.PathLike) -> None:
+    """Raise :class:`ManifestError` ``source: json/path: message`` on the first violation."""
+    errors = validation_errors(doc, schema_name)
+    if errors:
+        path, message = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ManifestError(f"{source}: {path}: {message}{more}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and paths to plain JSON types."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, doc: Any, schema_name: str) -> Path:
+    """Validate ``doc`` against ``schema_name`` and write it atomically to ``path``."""
+    doc = to_jsonable(doc)
+    validate(doc, schema_name, path)
+    return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, schema_name: str) -> Any:
+    """Parse ``path`` and validate it against ``schema_name``; one-line errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise ManifestError(f"{path}: is a folder, expected a JSON file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read: {exc}") from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    validate(doc, schema_name, path)
+    return doc
