@@ -28,3 +28,17 @@ def smoke_design_path() -> Path:
 @pytest.fixture(scope="session")
 def study_design_path() -> Path:
     return STUDY_DESIGN
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> dict:
+    """The smoke design generated once per session by gen-synthetic's core (read-only for tests).
+
+    Returns ``{"design": Path, "phase_c_root": Path, "phase_d_root": Path}``.
+    """
+    from tools.core.synthetic import generate_study
+
+    base = tmp_path_factory.mktemp("smoke_data")
+    phase_c, phase_d = base / "phase_c", base / "phase_d"
+    generate_study(SMOKE_DESIGN, phase_c, phase_d, progress=False)
+    return {"design": SMOKE_DESIGN, "phase_c_root": phase_c, "phase_d_root": phase_d}

@@ -1,0 +1,412 @@
+"""Physics of the synthetic data: probe, object, scan and pty-chi's forward model.
+
+Conventions (pty-chi 2.2, verified against ``ptychi/forward_models.py`` and ``image_proc.py``):
+
+* Coordinates ``c = (y, x)`` are probe centres in object pixel-index coordinates (pixel ``i`` has
+  its centre at ``i``). pty-chi's position is ``p = c - O`` with the object origin
+  ``O = round(M / 2) - 0.5`` per axis (its default ``SUPPORT`` origin).
+* pty-chi extracts the object window at the *integer* start ``s = round(p) + O - (N - 1) / 2`` and
+  Fourier-shifts the probe (periodically, ``exp(-2 pi i f r)``) by the residual ``r = p - round(p)``.
+* Far field: the unnormalised FFT, ``I = |fft2(shift(P, r) * obj[s_y:s_y+N, s_x:s_x+N])|^2``,
+  stored fft-shifted (DC at the centre).
+* Dose = expected photons per exposure through a fully transmitting object
+  ``= sum |fft2(P)|^2 = N^2 sum |P|^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage
+
+from .errors import DesignError
+
+#: Fraction of the probe intensity inside the circle whose diameter we call the probe diameter.
+ENCIRCLED_FRACTION = 0.9
+#: Width of the soft pupil edge, in frequency pixels (1/N cycles per pixel).
+PUPIL_EDGE_PX = 4.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Position conventions
+# ----------------------------------------------------------------------------------------------
+def position_origin(object_shape: tuple[int, int]) -> np.ndarray:
+    """pty-chi's object origin ``O = round(M / 2) - 0.5`` per axis, as ``[O_y, O_x]``."""
+    return np.round(np.asarray(object_shape, dtype=np.float64) / 2.0) - 0.5
+
+
+def window_starts(coords_yx: np.ndarray, object_shape: tuple[int, int], n: int) -> np.ndarray:
+    """Integer start ``s`` of the N x N object window pty-chi uses for each probe centre.
+
+    ``s = round(round(c - O) + O - (N - 1) / 2)``; numpy's round is half-to-even like torch's.
+    """
+    origin = position_origin(object_shape)
+    p = np.asarray(coords_yx, dtype=np.float64) - origin
+    return np.round(np.round(p) + origin - (n - 1) / 2.0).astype(np.int64)
+
+
+def subpixel_residuals(coords_yx: np.ndarray, object_shape: tuple[int, int]) -> np.ndarray:
+    """Residual ``r = p - round(p)`` by which pty-chi Fourier-shifts the probe."""
+    p = np.asarray(coords_yx, dtype=np.float64) - position_origin(object_shape)
+    return p - np.round(p)
+
+
+def windows_inside(coords_yx: np.ndarray, object_shape: tuple[int, int], n: int, margin_px: float = 0.0) -> np.ndarray:
+    """True where the whole N x N window (plus ``margin_px``) lies inside the object."""
+    starts = window_starts(coords_yx, object_shape, n)
+    limits = np.asarray(object_shape)[None, :]
+    return np.all((starts >= margin_px) & (starts + n <= limits - margin_px), axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Probe
+# ----------------------------------------------------------------------------------------------
+def defocused_pupil_probe(n: int, pupil_radius_fraction: float, defocus_phase_rad: float) -> np.ndarray:
+    """A focused probe: circular pupil with quadratic defocus phase, unit-normalised.
+
+    The pupil is ``|f| <= pupil_radius_fraction`` (cycles per pixel; 0.5 = Nyquist; soft edge) with phase
+    ``defocus_phase_rad * (|f| / radius)^2``. Its inverse FFT is centred at pixel ``(N - 1) / 2``
+    of the frame, which is where pty-chi puts the probe position (the centre of its window).
+    Returned as complex128 with ``N^2 sum |P|^2 = 1`` (one photon through free space).
+    """
+    f = np.fft.fftfreq(n)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    rho = np.hypot(fy, fx)
+    radius = float(pupil_radius_fraction)
+    # Raised-cosine pupil edge, PUPIL_EDGE_PX frequency pixels wide (half inside, half outside
+    # the nominal radius). A hard edge rings out to the frame border (~2 % of the energy in the
+    # outer N/8), which pty-chi's periodic sub-pixel shift would wrap around; the soft edge
+    # (as partial coherence and finite optics give) keeps that below ~1e-3.
+    width = PUPIL_EDGE_PX / n
+    ramp = np.clip((radius + width / 2.0 - rho) / width, 0.0, 1.0)
+    pupil = (0.5 * (1.0 - np.cos(np.pi * ramp))).astype(np.complex128)
+    pupil *= np.exp(1j * defocus_phase_rad * (rho / radius) ** 2)
+    # Move the probe centre from pixel 0 to pixel (N-1)/2: a (band-limited) Fourier shift.
+    centre = (n - 1) / 2.0
+    pupil *= np.exp(-2j * np.pi * (fy * centre + fx * centre))
+    probe = np.fft.ifft2(pupil)
+    return normalise_probe(probe)
+
+
+def normalise_probe(probe: np.ndarray) -> np.ndarray:
+    """Scale a probe so that ``N^2 sum |P|^2 = 1``."""
+    n = probe.shape[-1]
+    power = float(np.sum(np.abs(probe) ** 2)) * n * n
+    if not np.isfinite(power) or power <= 0:
+        raise DesignError("probe: the probe has no intensity")
+    return (probe / math.sqrt(power)).astype(np.complex128)
+
+
+def load_probe_npz(path: Path, n: int) -> np.ndarray:
+    """Load a measured complex (N, N) ``probeGuess`` from an NPZ (never unpickled), unit-normalised."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "probeGuess" not in data.files:
+                raise DesignError(f"{path}: probe/npz: no 'probeGuess' array (keys: {', '.join(data.files)})")
+            probe = np.asarray(data["probeGuess"])
+    except (OSError, ValueError) as exc:
+        raise DesignError(f"{path}: probe/npz: cannot read probeGuess: {exc}") from exc
+    if probe.ndim == 3 and probe.shape[0] == 1:
+        probe = probe[0]
+    if probe.shape != (n, n):
+        raise DesignError(f"{path}: probe/npz: probeGuess has shape {probe.shape}, expected ({n}, {n})")
+    if not np.all(np.isfinite(probe)):
+        raise DesignError(f"{path}: probe/npz: probeGuess has non-finite values")
+    return normalise_probe(probe.astype(np.complex128))
+
+
+def encircled_diameter(probe: np.ndarray, fraction: float = ENCIRCLED_FRACTION) -> float:
+    """Diameter (pixels) of the circle about the intensity centroid holding ``fraction`` of |P|^2."""
+    intensity = np.abs(probe) ** 2
+    total = intensity.sum()
+    yy, xx = np.indices(intensity.shape, dtype=np.float64)
+    cy = float((yy * intensity).sum() / total)
+    cx = float((xx * intensity).sum() / total)
+    r = np.hypot(yy - cy, xx - cx).ravel()
+    order = np.argsort(r, kind="stable")
+    cumulative = np.cumsum(intensity.ravel()[order]) / total
+    k = int(np.searchsorted(cumulative, fraction))
+    # Each pixel stands for a unit area: use the radius of the disc with the same area as the
+    # pixels enclosed, which is smooth in the probe size (the pixel radius itself is jumpy).
+    return float(2.0 * math.sqrt((k + 1) / math.pi))
+
+
+def edge_energy_fraction(probe: np.ndarray, border: int | None = None) -> float:
+    """Fraction of |P|^2 in the outer border (N/8 wide) of the frame.
+
+    pty-chi's sub-pixel probe shift is periodic, so energy at the frame edge would wrap around.
+    """
+    n = probe.shape[-1]
+    border = max(1, n // 8) if border is None else border
+    intensity = np.abs(probe) ** 2
+    inner = intensity[border:n - border, border:n - border].sum()
+    return float(1.0 - inner / intensity.sum())
+
+
+def build_probe(probe_design: dict, resolve) -> tuple[np.ndarray, dict]:
+    """The unit-normalised probe of a design and its metadata (model, nominal and measured size)."""
+    n = int(probe_design["size"])
+    if "npz" in probe_design:
+        path = resolve(probe_design["npz"])
+        probe = load_probe_npz(path, n)
+        meta = {"source": "npz", "npz": str(probe_design["npz"])}
+    else:
+        probe = defocused_pupil_probe(n, probe_design["pupil_radius_fraction"], probe_design.get("defocus_phase_rad", 0.0))
+        meta = {
+            "source": "model",
+            "model": probe_design["model"],
+            "pupil_radius_fraction": float(probe_design["pupil_radius_fraction"]),
+            "defocus_phase_rad": float(probe_design.get("defocus_phase_rad", 0.0)),
+            "pupil_edge_px": PUPIL_EDGE_PX,
+        }
+    meta.update(
+        size=n,
+        nominal_diameter_px=float(probe_design["nominal_diameter_px"]),
+        measured_diameter_px=round(encircled_diameter(probe), 3),
+        diameter_definition=f"diameter of the circle about the intensity centroid holding {ENCIRCLED_FRACTION:.0%} of |P|^2",
+        edge_energy_fraction=float(f"{edge_energy_fraction(probe):.3e}"),
+    )
+    return probe, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Object
+# ----------------------------------------------------------------------------------------------
+def _rescale01(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+
+
+def random_field(shape: tuple[int, int], feature_size_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Band-limited Gaussian random field in [0, 1] with correlation length ``feature_size_px``."""
+    noise = rng.standard_normal(shape)
+    return _rescale01(ndimage.gaussian_filter(noise, sigma=feature_size_px, mode="wrap"))
+
+
+def lines_pattern(shape: tuple[int, int], feature_size_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Random line segments of widths 1-4 x ``feature_size_px`` at random angles, in [0, 1].
+
+    Sharp-edged lines of several widths and orientations give broadband content up to the finest
+    feature size; a half-pixel blur keeps the edges free of pixel aliasing.
+    """
+    rows, cols = shape
+    yy, xx = np.indices(shape, dtype=np.float64)
+    image = np.zeros(shape)
+    n_lines = max(8, int(rows * cols / (24.0 * feature_size_px) ** 2 * 4))
+    for _ in range(n_lines):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        angle = rng.uniform(0, np.pi)
+        half_length = rng.uniform(0.1, 0.35) * min(rows, cols)
+        width = feature_size_px * rng.choice([1.0, 1.5, 2.0, 3.0, 4.0])
+        dy, dx = math.sin(angle), math.cos(angle)
+        along = (yy - cy) * dy + (xx - cx) * dx
+        across = -(yy - cy) * dx + (xx - cx) * dy
+        inside = (np.abs(across) <= width / 2.0) & (np.abs(along) <= half_length)
+        image = np.maximum(image, inside * rng.uniform(0.5, 1.0))
+    return _rescale01(ndimage.gaussian_filter(image, sigma=0.5))
+
+
+def image_pattern(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A grayscale image file resized to ``shape``, in [0, 1]."""
+    import matplotlib.image as mpimg
+
+    try:
+        img = np.asarray(mpimg.imread(path), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DesignError(f"{path}: object/image: cannot read image: {exc}") from exc
+    if img.ndim == 3:
+        img = img[..., :3].mean(axis=-1)  # drop alpha, average colour channels
+    if img.ndim != 2 or min(img.shape) < 2:
+        raise DesignError(f"{path}: object/image: not a 2-D image (shape {img.shape})")
+    zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
+    resized = ndimage.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
+    return _rescale01(resized[: shape[0], : shape[1]])
+
+
+def build_object(object_design: dict, resolve, seed: int) -> tuple[np.ndarray, dict]:
+    """The complex ground-truth object of a design (complex64) and its metadata.
+
+    A content map ``t`` in [0, 1] sets the phase ``max_phase * (2 t - 1)``; the amplitude
+    ``1 - (1 - min_amplitude) * a`` follows a map ``a`` that shares ``t`` half-and-half with an
+    independent random field, so amplitude and phase are correlated (as for real material) but
+    not identical.
+    """
+    shape = tuple(int(v) for v in object_design["shape"])
+    model = object_design["model"]
+    feature = float(object_design.get("feature_size_px", 2.0))
+    rng = np.random.default_rng([seed, 1])  # stream 1 of the simulation seed: the object
+    if model == "lines":
+        content = lines_pattern(shape, feature, rng)
+    elif model == "random_field":
+        content = random_field(shape, feature, rng)
+    elif model == "lines_and_random":
+        content = _rescale01(0.6 * lines_pattern(shape, feature, rng) + 0.4 * random_field(shape, feature, rng))
+    elif model == "image":
+        content = image_pattern(resolve(object_design["image"]), shape)
+    else:
+        raise DesignError(f"object/model: unknown model '{model}'")
+    absorption = _rescale01(0.5 * content + 0.5 * random_field(shape, 2.0 * feature, rng))
+    max_phase = float(object_design["max_phase_rad"])
+    min_amp = float(object_design["min_amplitude"])
+    phase = max_phase * (2.0 * content - 1.0)
+    amplitude = 1.0 - (1.0 - min_amp) * absorption
+    obj = (amplitude * np.exp(1j * phase)).astype(np.complex64)
+    meta = {
+        "model": model,
+        "shape": list(shape),
+        "feature_size_px": feature,
+        "max_phase_rad": max_phase,
+        "min_amplitude": min_amp,
+        "mean_transmission": float(np.mean(np.abs(obj) ** 2)),
+    }
+    if model == "image":
+        meta["image"] = str(object_design["image"])
+    return obj, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Scan
+# ----------------------------------------------------------------------------------------------
+def centre_limits(object_shape: tuple[int, int], n: int, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest probe centre per axis whose window is always inside (plus margin).
+
+    pty-chi's window starts at ``round(c - O) + O - (N - 1)/2 >= c - 0.5 - (N - 1)/2``, so
+    ``c >= (N - 1)/2 + margin + 0.5`` keeps ``s >= margin`` (and symmetrically at the far edge).
+    """
+    lo = np.full(2, (n - 1) / 2.0 + margin_px + 0.5)
+    hi = np.asarray(object_shape, dtype=np.float64) - 1.0 - lo
+    return lo, hi
+
+
+def raster_scan(object_shape, n, step_px, jitter_px, margin_px, rng) -> np.ndarray:
+    """Jittered raster of probe centres ``(y, x)``, row by row, centred on the object.
+
+    The number of rows is even so that no nominal row sits on the object's y-centre, where the
+    train/test split cuts (rows lie at least step/2 from it).
+    """
+    lo, hi = centre_limits(object_shape, n, margin_px)
+    span = hi - lo - 2.0 * jitter_px
+    if np.any(span < 0):
+        raise DesignError("scan: jitter_px and margin_px leave no room for probe positions")
+    counts = np.floor(span / step_px).astype(int) + 1
+    if counts[0] % 2 == 1:
+        counts[0] -= 1
+    if counts[0] < 2 or counts[1] < 1:
+        raise DesignError(f"scan/step_px: {step_px} px leaves fewer than 2 raster rows in the object")
+    centre = (lo + hi) / 2.0
+    ys = centre[0] + (np.arange(counts[0]) - (counts[0] - 1) / 2.0) * step_px
+    xs = centre[1] + (np.arange(counts[1]) - (counts[1] - 1) / 2.0) * step_px
+    grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    return grid + rng.uniform(-jitter_px, jitter_px, size=grid.shape)
+
+
+def spiral_scan(object_shape, n, step_px, jitter_px, margin_px, rng) -> np.ndarray:
+    """Fermat spiral of probe centres (golden-angle), area per point ``step_px^2``, clipped to the
+    allowed rectangle, plus uniform jitter."""
+    lo, hi = centre_limits(object_shape, n, margin_px)
+    lo_j, hi_j = lo + jitter_px, hi - jitter_px
+    if np.any(hi_j < lo_j):
+        raise DesignError("scan: jitter_px and margin_px leave no room for probe positions")
+    centre = (lo + hi) / 2.0
+    c = step_px / math.sqrt(math.pi)  # pi c^2 = area per point = step^2
+    r_max = float(np.hypot(*(hi_j - lo_j))) / 2.0
+    k = np.arange(int((r_max / c) ** 2) + 2)
+    golden = math.pi * (3.0 - math.sqrt(5.0))
+    r = c * np.sqrt(k)
+    pts = centre + np.stack([r * np.sin(k * golden), r * np.cos(k * golden)], axis=1)
+    keep = np.all((pts >= lo_j) & (pts <= hi_j), axis=1)
+    pts = pts[keep]
+    return pts + rng.uniform(-jitter_px, jitter_px, size=pts.shape)
+
+
+def build_scan(scan_design: dict, object_shape, n: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Probe centres ``(y, x)`` (float64, object pixel-index coordinates) and scan metadata."""
+    rng = np.random.default_rng([seed, 2])  # stream 2 of the simulation seed: the scan jitter
+    pattern = scan_design["pattern"]
+    margin = float(scan_design.get("margin_px", 0.0))
+    args = (object_shape, n, float(scan_design["step_px"]), float(scan_design["jitter_px"]), margin, rng)
+    coords = raster_scan(*args) if pattern == "raster" else spiral_scan(*args)
+    if not np.all(windows_inside(coords, object_shape, n, margin)):  # guaranteed by centre_limits
+        raise AssertionError("scan: a probe window left the object")
+    meta = {
+        "pattern": pattern,
+        "step_px": float(scan_design["step_px"]),
+        "jitter_px": float(scan_design["jitter_px"]),
+        "margin_px": margin,
+        "n_positions": int(len(coords)),
+        "y_range": [float(coords[:, 0].min()), float(coords[:, 0].max())],
+        "x_range": [float(coords[:, 1].min()), float(coords[:, 1].max())],
+    }
+    return coords, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward model
+# ----------------------------------------------------------------------------------------------
+def object_windows(obj: np.ndarray, coords_yx: np.ndarray, n: int) -> np.ndarray:
+    """The integer N x N object windows pty-chi multiplies the probe with, (n, N, N) complex64."""
+    starts = window_starts(coords_yx, obj.shape, n)
+    iy = starts[:, 0, None] + np.arange(n)[None, :]
+    ix = starts[:, 1, None] + np.arange(n)[None, :]
+    return obj[iy[:, :, None], ix[:, None, :]].astype(np.complex64, copy=False)
+
+
+@dataclass
+class ForwardModel:
+    """pty-chi's planar far-field forward model for one probe and object, batched.
+
+    ``probe`` may be at any scale: intensities scale with ``|P|^2``.
+    """
+
+    probe: np.ndarray
+    obj: np.ndarray
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        self.n = self.probe.shape[-1]
+        self.probe_ft = scipy.fft.fft2(self.probe.astype(np.complex128))
+        f = np.fft.fftfreq(self.n)
+        self._fy, self._fx = f[:, None], f[None, :]
+
+    def shifted_probes(self, residuals: np.ndarray) -> np.ndarray:
+        """Probe Fourier-shifted (periodically) by each residual ``(r_y, r_x)``, complex64."""
+        ramp = np.exp(-2j * np.pi * (residuals[:, 0, None, None] * self._fy + residuals[:, 1, None, None] * self._fx))
+        return scipy.fft.ifft2((self.probe_ft[None] * ramp).astype(np.complex64), workers=self.workers)
+
+    def exit_waves(self, coords_yx: np.ndarray) -> np.ndarray:
+        residuals = subpixel_residuals(coords_yx, self.obj.shape)
+        return self.shifted_probes(residuals) * object_windows(self.obj, coords_yx, self.n)
+
+    def intensities(self, coords_yx: np.ndarray) -> np.ndarray:
+        """Expected intensities ``|fft2(exit)|^2``, fft-shifted (DC centred), float32 (n, N, N)."""
+        far = scipy.fft.fft2(self.exit_waves(coords_yx), workers=self.workers)
+        intensity = far.real ** 2 + far.imag ** 2
+        return np.fft.fftshift(intensity, axes=(-2, -1)).astype(np.float32, copy=False)
+
+    def batches(self, coords_yx: np.ndarray, batch_size: int = 256) -> Iterator[tuple[slice, np.ndarray]]:
+        for start in range(0, len(coords_yx), batch_size):
+            sl = slice(start, min(start + batch_size, len(coords_yx)))
+            yield sl, self.intensities(coords_yx[sl])
+
+
+def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson draws of the expected intensities (the noise *is* the draw, never added on top)."""
+    return rng.poisson(expected.astype(np.float64, copy=False)).astype(np.int64, copy=False)
+
+
+def noise_rng(simulation_seed: int, dose: int) -> np.random.Generator:
+    """The independent Poisson stream of one dose: ``default_rng([simulation_seed, 3, dose])``.
+
+    Streams of the simulation seed: 1 object, 2 scan jitter, ``[3, dose]`` the noise of a dose.
+    """
+    return np.random.default_rng([int(simulation_seed), 3, int(dose)])
+
+
+def amplitude_scale(dose: int, n: int) -> float:
+    """``sqrt(dose) / N``: diffraction = sqrt(counts) / amplitude_scale, so sum(d^2)/N^2 ~ T."""
+    return math.sqrt(float(dose)) / n
