@@ -1,0 +1,326 @@
+"""Planning reconstruction jobs: every dose x view x split of a design, filtered, with inputs hashed.
+
+``plan_jobs`` turns a design and the two data roots into the ``reconstruction_manifest`` and the
+``skip_summary`` documents (schemas in ``schemas/``); ``write_plan`` writes them into the
+artifact root, keeping the ``execution_results`` of jobs that are still planned so that a replan
+does not forget what already ran. Nothing here imports torch or pty-chi.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import __version__
+from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
+from .errors import ContractError, ManifestError, StudyError
+from .manifests import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "reconstruction_manifest.json"
+SKIP_SUMMARY_NAME = "skip_summary.json"
+MANIFEST_SCHEMA = "reconstruction_manifest"
+SKIP_SUMMARY_SCHEMA = "skip_summary"
+RUN_TOOL = "run-ptychi"
+ALGORITHMS = ("LSQML", "PIE", "EPIE", "RPIE", "DM")
+SELECTION_KEYS = ("selection_strategy", "spacing_threshold", "n_accepted", "n_rejected", "acceptance_rate")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def job_id(dose: int, view: str, split: str) -> str:
+    """``dose_1000/dense/train``: also the job folder below the artifact root."""
+    return f"{dose_key(dose)}/{view}/{split}"
+
+
+def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_root: Path) -> Path:
+    """Where a job's input lives: baseline in Phase C, overlap views in Phase D."""
+    if view == BASELINE_VIEW:
+        return phase_c_root / dose_key(dose) / f"patched_{split}.npz"
+    return phase_d_root / dose_key(dose) / view / f"{view}_{split}.npz"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def options_hash(job: dict) -> str:
+    """sha256 of what determines a reconstruction besides its input: resume compares it."""
+    keyed = {"algorithm": job["algorithm"], "num_epochs": job["num_epochs"], "engine_options": job["engine_options"]}
+    return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()
+
+
+def read_npz_metadata(path: str | os.PathLike) -> dict:
+    """The ``_metadata`` JSON of a contract NPZ, read without loading the arrays (never pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "_metadata" not in npz.files:
+                raise ContractError(f"{path}: _metadata: key missing")
+            raw = npz["_metadata"]
+    except ContractError:
+        raise
+    except ValueError as exc:  # object arrays refuse to load without pickle
+        raise ContractError(f"{path}: _metadata: cannot be read without pickle ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise ContractError(f"{path}: not a readable NPZ file ({exc})") from exc
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise ContractError(f"{path}: _metadata: expected a 0-d unicode string, got {raw.dtype} {raw.shape}")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: _metadata: not valid JSON ({exc.msg})") from exc
+    if not isinstance(meta, dict):
+        raise ContractError(f"{path}: _metadata: expected a JSON object")
+    return meta
+
+
+def selection_figures(meta: dict, path: str | os.PathLike) -> dict:
+    """The view's selection figures from ``_metadata['selection']`` (the manifest copies them)."""
+    selection = meta.get("selection")
+    if not isinstance(selection, dict):
+        raise ContractError(f"{path}: _metadata/selection: missing")
+    missing = [k for k in SELECTION_KEYS if k not in selection]
+    if missing:
+        raise ContractError(f"{path}: _metadata/selection/{missing[0]}: missing")
+    figures = {k: selection[k] for k in SELECTION_KEYS}
+    figures["measured_overlap"] = selection.get("measured_overlap")
+    return figures
+
+
+def engine_options(design: StudyDesign) -> dict:
+    """Reconstruction settings from the design (LSQML defaults where the design is silent)."""
+    rec = design.reconstruction
+    return {
+        "noise_model": rec["noise_model"],
+        "batch_size": int(rec["batch_size"]),
+        "optimize_probe": bool(rec.get("optimize_probe", True)),
+        "probe_update_start_epoch": int(rec.get("probe_update_start_epoch", 1)),
+        "seed": int(design.seeds["grouping"]),
+        "chunk_epochs": int(rec.get("chunk_epochs", 10)),
+        "wavelength_m": design.wavelength_m,
+        "object_pixel_size_m": design.object_pixel_size_m,
+    }
+
+
+def instrument(design: StudyDesign) -> dict:
+    inst = design.instrument
+    return {
+        "photon_energy_eV": float(inst["photon_energy_eV"]),
+        "detector_distance_m": float(inst["detector_distance_m"]),
+        "detector_pixel_size_m": float(inst["detector_pixel_size_m"]),
+        "exposure_time_s": float(inst["exposure_time_s"]),
+        "wavelength_m": design.wavelength_m,
+        "object_pixel_size_m": design.object_pixel_size_m,
+    }
+
+
+def run_command(manifest_path: Path, the_job_id: str) -> list[str]:
+    """The argv that runs exactly one job of a manifest."""
+    return [RUN_TOOL, "--manifest", str(manifest_path), "--only", the_job_id]
+
+
+def _check_filter(name: str, given: Sequence | None, allowed: Sequence, flag: str) -> None:
+    for value in given or ():
+        if value not in allowed:
+            raise StudyError(f"{flag} {value}: not a {name} of the design (choose from {', '.join(map(str, allowed))})")
+
+
+def _filter_reason(dose: int, view: str, split: str, doses, views, splits) -> str | None:
+    if doses and dose not in doses:
+        return "filtered out by --dose " + " ".join(str(d) for d in doses)
+    if views and view not in views:
+        return "filtered out by --view " + " ".join(views)
+    if splits and split not in splits:
+        return "filtered out by --split " + " ".join(splits)
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+@dataclass
+class Plan:
+    manifest: dict
+    skip_summary: dict
+    manifest_path: Path
+    skip_summary_path: Path
+
+
+def plan_jobs(
+    design_path: str | os.PathLike,
+    phase_c_root: str | os.PathLike,
+    phase_d_root: str | os.PathLike,
+    artifact_root: str | os.PathLike,
+    *,
+    doses: Iterable[int] | None = None,
+    views: Iterable[str] | None = None,
+    splits: Iterable[str] | None = None,
+    allow_missing_phase_d: bool = False,
+    algorithm: str | None = None,
+    num_epochs: int | None = None,
+) -> Plan:
+    """Build (not write) the manifest and skip summary for every dose x view x split of a design.
+
+    A selected job whose Phase C (baseline) file is missing is always an error; a missing Phase D
+    (view) file is an error listing every missing file unless ``allow_missing_phase_d``, in which
+    case the job is skipped with reason ``Phase D NPZ not found: <path>``.
+    """
+    design = load_design(design_path)
+    phase_c = Path(phase_c_root).resolve()
+    phase_d = Path(phase_d_root).resolve()
+    artifacts = Path(artifact_root).resolve()
+    doses = sorted({int(d) for d in doses}) if doses else None
+    views = list(dict.fromkeys(views)) if views else None
+    splits = list(dict.fromkeys(splits)) if splits else None
+    _check_filter("dose", doses, design.doses, "--dose")
+    _check_filter("view", views, design.views, "--view")
+    _check_filter("split", splits, design.splits, "--split")
+    algorithm = algorithm or design.reconstruction["algorithm"]
+    if algorithm not in ALGORITHMS:
+        raise StudyError(f"--algorithm {algorithm}: not one of {', '.join(ALGORITHMS)}")
+    epochs = int(num_epochs) if num_epochs is not None else int(design.reconstruction["num_epochs"])
+    if epochs < 1:
+        raise StudyError(f"--num-epochs {epochs}: must be >= 1")
+    manifest_path = artifacts / MANIFEST_NAME
+    options = engine_options(design)
+
+    jobs: list[dict] = []
+    skipped: list[dict] = []
+    missing: list[dict] = []
+    missing_phase_c: list[Path] = []
+    total = 0
+    for dose in design.doses:
+        for view in design.views:
+            for split in design.splits:
+                total += 1
+                entry = {"dose": dose, "view": view, "split": split}
+                reason = _filter_reason(dose, view, split, doses, views, splits)
+                if reason:
+                    skipped.append({**entry, "reason": reason})
+                    continue
+                path = input_path(view, dose, split, phase_c, phase_d)
+                if not path.is_file():
+                    if view == BASELINE_VIEW:
+                        missing_phase_c.append(path)
+                    else:
+                        missing.append({**entry, "reason": f"Phase D NPZ not found: {path}"})
+                    continue
+                root = phase_c if view == BASELINE_VIEW else phase_d
+                if not _inside(path, root):
+                    raise StudyError(f"{path}: resolves outside its root {root} (symbolic link?)")
+                meta = read_npz_metadata(path)
+                n_images = meta.get("n_images")
+                if not isinstance(n_images, int) or n_images < 1:
+                    raise ContractError(f"{path}: _metadata/n_images: expected a positive integer, got {n_images!r}")
+                the_id = job_id(dose, view, split)
+                jobs.append({
+                    "id": the_id,
+                    **entry,
+                    "input_npz": str(path),
+                    "input_sha256": sha256_file(path),
+                    "n_images": n_images,
+                    "output_dir": str(artifacts / the_id),
+                    "algorithm": algorithm,
+                    "num_epochs": epochs,
+                    "engine_options": dict(options),
+                    "selection": selection_figures(meta, path),
+                    "command": run_command(manifest_path, the_id),
+                })
+    if missing_phase_c:
+        raise StudyError(
+            f"Phase C NPZ not found ({len(missing_phase_c)}): " + "; ".join(map(str, missing_phase_c))
+            + " (run gen-synthetic first)"
+        )
+    if missing and not allow_missing_phase_d:
+        raise StudyError(
+            f"Phase D NPZ not found ({len(missing)}): " + "; ".join(m["reason"].split(": ", 1)[1] for m in missing)
+            + " (generate them, or pass --allow-missing-phase-d to skip these jobs)"
+        )
+    now = utc_now()
+    manifest = {
+        "schema_version": "1.0",
+        "jobs": jobs,
+        "total_jobs": total,
+        "filtered_jobs": len(jobs),
+        "missing_jobs": missing,
+        "execution_results": [],
+        "instrument": instrument(design),
+        "provenance": {
+            "design": str(design.path),
+            "design_name": design.name,
+            "design_hash": design.design_hash,
+            "phase_c_root": str(phase_c),
+            "phase_d_root": str(phase_d),
+            "artifact_root": str(artifacts),
+            "filters": {"doses": doses, "views": views, "splits": splits},
+            "allow_missing_phase_d": bool(allow_missing_phase_d),
+            "spacing_thresholds": dict(design.spacing_thresholds),
+            "created": now,
+            "tool": "plan-jobs",
+            "tool_version": __version__,
+        },
+    }
+    skip_summary = {
+        "schema_version": "1.0",
+        "timestamp": now,
+        "skipped_count": len(skipped) + len(missing),
+        "skipped_jobs": skipped + missing,
+        "missing_phase_d_count": len(missing),
+    }
+    return Plan(manifest, skip_summary, manifest_path, artifacts / SKIP_SUMMARY_NAME)
+
+
+def write_plan(plan: Plan) -> Plan:
+    """Write both documents (validated, atomic); keep execution_results of jobs still planned."""
+    if plan.manifest_path.exists():
+        try:
+            old = read_json(plan.manifest_path, MANIFEST_SCHEMA)
+        except ManifestError as exc:
+            log.warning("replacing an unreadable manifest: %s", exc)
+        else:
+            planned = {job["id"] for job in plan.manifest["jobs"]}
+            plan.manifest["execution_results"] = [r for r in old["execution_results"] if r["job_id"] in planned]
+    write_json(plan.manifest_path, plan.manifest, MANIFEST_SCHEMA)
+    write_json(plan.skip_summary_path, plan.skip_summary, SKIP_SUMMARY_SCHEMA)
+    return plan
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read a manifest and check that every path in it stays inside its roots."""
+    path = Path(path).resolve()
+    manifest = read_json(path, MANIFEST_SCHEMA)
+    prov = manifest["provenance"]
+    artifacts = Path(prov["artifact_root"])
+    if path.parent != artifacts.resolve():
+        raise ManifestError(f"{path}: provenance/artifact_root: {artifacts} is not the manifest's folder {path.parent}")
+    roots = {BASELINE_VIEW: Path(prov["phase_c_root"]), "view": Path(prov["phase_d_root"])}
+    seen: set[str] = set()
+    for i, job in enumerate(manifest["jobs"]):
+        if job["id"] in seen:
+            raise ManifestError(f"{path}: jobs/{i}/id: duplicate job {job['id']}")
+        seen.add(job["id"])
+        if job["id"] != job_id(job["dose"], job["view"], job["split"]):
+            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split")
+        root = roots[BASELINE_VIEW] if job["view"] == BASELINE_VIEW else roots["view"]
+        if not Path(job["input_npz"]).is_absolute() or not _inside(Path(job["input_npz"]), root):
+            raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is outside {root}")
+        out = Path(job["output_dir"])
+        if not out.is_absolute() or out.resolve() != (artifacts / job["id"]).resolve():
+            raise ManifestError(f"{path}: jobs/{i}/output_dir: {out} is not {artifacts / job['id']}")
+    return manifest

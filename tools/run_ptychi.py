@@ -1,0 +1,71 @@
+"""run-ptychi: run a manifest's pty-chi reconstructions in isolated, resumable worker processes."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from ._cli import EXIT_JOBS_FAILED, CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
+from .core.executors import run_manifest
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(dir_okay=False),
+              help="reconstruction_manifest.json written by plan-jobs.")
+@click.option("--dry-run", is_flag=True, help="Print `[DRY RUN] <command>` per job; run and record nothing.")
+@click.option("--only", "only", multiple=True, metavar="JOB_ID",
+              help="Run only this job, e.g. dose_1000/dense/train (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when torch sees a GPU (each worker owns one), else CPU.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each imports torch and ptychi once).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Kill and fail a job that runs longer than this.")
+@click.option("--force", is_flag=True, help="Redo jobs that already succeeded with the same input and options.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")
+@verbose_option
+@version_option("run-ptychi")
+@fail_on_study_error
+def cli(manifest_path, dry_run, only, device, workers, timeout, force, as_json):
+    """Run the pty-chi reconstructions of a manifest, one isolated worker process per job slot.
+
+    Each job's folder (<artifact-root>/dose_<d>/<view>/<split>/) gets ptychi.log (everything the
+    job printed), reconstruction.npz, losses.csv, product.h5 (Ptychodus) and result.json; the
+    outcome is written back into the manifest's execution_results after every job. A rerun skips
+    jobs already ok for the same input sha256 and options (--force redoes them). A job's
+    exception, crash or timeout fails that job only. Exit 0 all ok, 1 bad input, 2 usage,
+    3 some job failed. Progress goes to stderr, one result line per job to stdout.
+
+    \b
+    Example:
+      run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --dry-run
+      run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --workers 2
+      run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --only dose_1000/dense/train
+    """
+    report = run_manifest(manifest_path, only=only or None, device=device, workers=workers, timeout=timeout,
+                          force=force, dry_run=dry_run)
+    summary = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif dry_run:
+        for argv in report.dry_run_commands:
+            click.echo(f"[DRY RUN] {shlex.join(argv)}")
+    else:
+        for outcome in report.outcomes:
+            state = "skipped (resumed)" if outcome.resumed else outcome.status
+            ran = not outcome.resumed and outcome.reconstruction_s is not None
+            timing = f"\t{outcome.reconstruction_s:.2f} s" if ran else ""
+            click.echo(f"{outcome.job_id}\t{state}{timing}" + (f"\t{outcome.error}" if outcome.error else ""))
+    if not dry_run:
+        counts = summary["counts"]
+        ratio = summary["overhead_ratio"]
+        click.echo(
+            f"run-ptychi: {counts['ok']} ok, {counts['failed']} failed, {counts['timeout']} timed out, "
+            f"{counts['crashed']} crashed, {counts['resumed']} already done; wall {summary['wall_s']:.2f} s, "
+            f"task.run {summary['reconstruction_s']:.2f} s"
+            + (f", overhead ratio {ratio:.3f}" if ratio else ""), err=True)
+    if report.failed:
+        sys.exit(EXIT_JOBS_FAILED)
