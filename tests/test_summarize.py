@@ -1,0 +1,361 @@
+"""summarize: a sweep with scored, failed, unscored and skipped jobs; the CLI's output and exit codes.
+
+The sweeps are built here following the artifact layout run-ptychi writes (manifest, skip
+summary, result.json, reconstruction.npz, contract input NPZs): each "reconstruction" is the
+ground truth shifted by a known sub-pixel amount, times a phase factor, plus noise that falls
+with dose, so the metrics have a known order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tools.core.design import load_design
+from tools.core.manifests import read_json, write_json
+from tools.core.summary import summarize
+from tools.summarize import cli
+
+M, N = 80, 16  # object and probe size: a sweep of 8 jobs scores in about a second
+DOSES = (1000, 100000)
+PLANNED_VIEWS = ("baseline", "dense")
+FAILED_JOB = "dose_1000/dense/test"
+FAILED_ERROR = "EngineError: LSQML diverged at epoch 3 (loss is NaN)"
+
+
+def _band_limited_object(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keep = np.hypot(np.fft.fftfreq(M)[:, None], np.fft.fftfreq(M)[None, :]) <= 0.35
+
+    def field() -> np.ndarray:
+        spectrum = np.fft.fft2(rng.standard_normal((M, M)))
+        spectrum[~keep] = 0
+        out = np.fft.ifft2(spectrum).real
+        return out / np.abs(out).max()
+
+    return (0.85 + 0.12 * field()) * np.exp(1j * 0.8 * field())
+
+
+def _shift(image: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    fy = np.fft.fftfreq(M)[:, None]
+    fx = np.fft.fftfreq(M)[None, :]
+    return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1])))
+
+
+def _probe() -> np.ndarray:
+    r = np.hypot(*(np.indices((N, N)) - (N - 1) / 2))
+    return np.exp(-(r / 5.0) ** 2).astype(np.complex64)
+
+
+def _positions(split: str, view: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(14.0, 37.0, 4.0) if split == "train" else np.arange(44.0, 67.0, 4.0)
+    ys, xs = np.meshgrid(rows, np.arange(14.0, 67.0, 4.0), indexing="ij")
+    xs, ys = xs.ravel() + 0.25, ys.ravel() - 0.25
+    if view == "dense":  # every other position: a genuine subset
+        xs, ys = xs[::2], ys[::2]
+    return xs, ys
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_input(path: Path, gt: np.ndarray, dose: int, view: str, split: str) -> None:
+    xs, ys = _positions(split, view)
+    n = xs.size
+    meta = {"schema_version": "1.0", "generator": "test", "dose": dose, "view": view, "split": split, "n_images": n}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, diffraction=np.zeros((n, N, N), np.float32), Y=np.zeros((n, N, N), np.complex64),
+             objectGuess=gt.astype(np.complex64), probeGuess=_probe(), xcoords=xs, ycoords=ys,
+             scan_index=np.arange(n, dtype=np.int64), _metadata=np.array(json.dumps(meta)))
+
+
+def _selection(view: str, n: int) -> dict:
+    return {"selection_strategy": "direct" if view == "baseline" else "greedy", "spacing_threshold": 0.0 if view == "baseline" else 3.6,
+            "n_accepted": n, "n_rejected": 0 if view == "baseline" else n, "acceptance_rate": 1.0 if view == "baseline" else 0.5,
+            "measured_overlap": None}
+
+
+def _result(job: dict, status: str, error: str | None) -> dict:
+    return {"schema_version": "1.0", "job_id": job["id"], "dose": job["dose"], "view": job["view"], "split": job["split"],
+            "status": status, "returncode": 0 if status == "ok" else 1, "error": error, "device": "cpu", "wall_s": 1.5,
+            "reconstruction_s": 1.2 if status == "ok" else None, "epochs": 4 if status == "ok" else 2,
+            "final_loss": 0.5 if status == "ok" else None, "input_npz": job["input_npz"], "input_sha256": job["input_sha256"],
+            "options_hash": "0" * 64, "algorithm": "LSQML", "num_epochs": 4, "finished": "2026-01-01T00:00:00+00:00",
+            "versions": {"python": "3", "numpy": "2", "torch": None, "ptychi": None, "tools": "0"}}
+
+
+def build_sweep(base: Path, design_path: Path) -> Path:
+    """A 2 dose x 2 view x 2 split sweep: 7 ok, 1 failed; sparse skipped (file missing) at every dose."""
+    design = load_design(design_path)
+    gt = _band_limited_object(seed=11)
+    c_root, d_root, root = base / "phase_c", base / "phase_d", base / "phase_f"
+    root.mkdir(parents=True)
+    jobs, executions, missing = [], [], []
+    rng = np.random.default_rng(5)
+    for dose in DOSES:
+        for view in PLANNED_VIEWS:
+            for split in ("train", "test"):
+                jid = f"dose_{dose}/{view}/{split}"
+                path = (c_root / f"dose_{dose}" / f"patched_{split}.npz" if view == "baseline"
+                        else d_root / f"dose_{dose}" / view / f"{view}_{split}.npz")
+                _write_input(path, gt, dose, view, split)
+                n = _positions(split, view)[0].size
+                job = {"id": jid, "dose": dose, "view": view, "split": split, "input_npz": str(path),
+                       "input_sha256": _sha(path), "n_images": n, "output_dir": str(root / jid), "algorithm": "LSQML",
+                       "num_epochs": 4, "engine_options": {"noise_model": "gaussian", "batch_size": 8, "optimize_probe": True,
+                                                           "probe_update_start_epoch": 1, "seed": 123, "chunk_epochs": 2,
+                                                           "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
+                       "selection": _selection(view, n),
+                       "command": ["run-ptychi", "--manifest", str(root / "reconstruction_manifest.json"), "--only", jid]}
+                jobs.append(job)
+                folder = root / jid
+                folder.mkdir(parents=True)
+                (folder / "ptychi.log").write_text("log\n")
+                failed = jid == FAILED_JOB
+                result = _result(job, "failed" if failed else "ok", FAILED_ERROR if failed else None)
+                write_json(folder / "result.json", result, "job_result")
+                executions.append({"job_id": jid, "dose": dose, "view": view, "split": split, "status": result["status"],
+                                   "returncode": result["returncode"], "error": result["error"],
+                                   "log_path": str(folder / "ptychi.log"), "result_path": str(folder / "result.json"),
+                                   "wall_s": 1.5, "reconstruction_s": result["reconstruction_s"], "epochs": result["epochs"],
+                                   "final_loss": result["final_loss"], "device": "cpu", "finished": result["finished"],
+                                   "resumed": False, "selection": job["selection"]})
+                if failed:
+                    continue
+                # Noise falls with dose and is higher for the sparser view: a known metric order.
+                sigma = (0.1 if view == "baseline" else 0.2) / np.sqrt(dose / 1000)
+                noise = sigma * (rng.standard_normal((M, M)) + 1j * rng.standard_normal((M, M)))
+                obj = _shift(gt, tuple(rng.uniform(-0.8, 0.8, 2))) * np.exp(1j * rng.uniform(-3, 3)) + noise
+                epochs = np.arange(1, 5, dtype=np.int64)
+                np.savez(folder / "reconstruction.npz", object=obj.astype(np.complex64), probe=_probe(),
+                         positions_x_px=_positions(split, view)[0], positions_y_px=_positions(split, view)[1],
+                         loss_epochs=epochs, loss_values=(1.0 / epochs).astype(np.float64),
+                         _metadata=np.array(json.dumps({"job_id": jid})))
+    for dose in DOSES:
+        for split in ("train", "test"):
+            missing.append({"dose": dose, "view": "sparse", "split": split,
+                            "reason": f"Phase D NPZ not found: {d_root}/dose_{dose}/sparse/sparse_{split}.npz"})
+    manifest = {
+        "schema_version": "1.0", "jobs": jobs, "total_jobs": 12, "filtered_jobs": len(jobs), "missing_jobs": missing,
+        "execution_results": executions,
+        "instrument": {"photon_energy_eV": 8800.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 7.5e-5,
+                       "exposure_time_s": 0.1, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
+        "provenance": {"design": str(design_path), "design_name": design.name, "design_hash": design.design_hash,
+                       "phase_c_root": str(c_root), "phase_d_root": str(d_root), "artifact_root": str(root),
+                       "filters": {"doses": None, "views": None, "splits": None}, "allow_missing_phase_d": True,
+                       "spacing_thresholds": design.spacing_thresholds, "created": "2026-01-01T00:00:00+00:00",
+                       "tool": "plan-jobs", "tool_version": "0"},
+    }
+    write_json(root / "reconstruction_manifest.json", manifest, "reconstruction_manifest")
+    write_json(root / "skip_summary.json", {"schema_version": "1.0", "timestamp": "2026-01-01T00:00:00+00:00",
+                                            "skipped_count": len(missing), "skipped_jobs": missing,
+                                            "missing_phase_d_count": len(missing)}, "skip_summary")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, smoke_design_path) -> Path:
+    return build_sweep(tmp_path_factory.mktemp("sweep"), smoke_design_path)
+
+
+@pytest.fixture(scope="module")
+def summarized(sweep):
+    """One summarize run over the shared sweep (written to its default folder)."""
+    return summarize(sweep)
+
+
+def _job(summary: dict, jid: str) -> dict:
+    return next(j for j in summary["jobs"] if j["job_id"] == jid)
+
+
+def test_summary_reports_scored_failed_and_skipped_jobs(summarized, sweep):
+    """7 scored, the failed job with its error line, 4 skipped sparse jobs with their reasons."""
+    s = summarized.summary
+    assert s["counts"] == {"design_jobs": 12, "planned": 8, "scored": 7, "failed": 1, "not_run": 0, "skipped": 4}
+    assert s["failures"] == [{"job_id": FAILED_JOB, "status": "failed", "returncode": 1, "error": FAILED_ERROR,
+                              "log_path": f"{FAILED_JOB}/ptychi.log"}]
+    assert _job(s, FAILED_JOB)["metrics"] is None
+    assert [(k["dose"], k["view"], k["split"]) for k in s["skips"]] == [
+        (1000, "sparse", "train"), (1000, "sparse", "test"), (100000, "sparse", "train"), (100000, "sparse", "test")]
+    assert all(k["reason"].startswith("Phase D NPZ not found: ") and k["source"] == "skip_summary" for k in s["skips"])
+    assert [j["job_id"] for j in s["jobs"]][:4] == ["dose_1000/baseline/train", "dose_1000/baseline/test",
+                                                    "dose_1000/dense/train", "dose_1000/dense/test"]
+
+
+def test_summary_json_validates_and_round_trips(summarized):
+    """summary.json is schema-valid and equals the returned document."""
+    assert read_json(summarized.summary_path, "summary") == json.loads(json.dumps(summarized.summary))
+    assert summarized.summary_path == summarized.out_dir / "summary.json"
+    assert summarized.out_dir.name == "summary"
+
+
+def test_metrics_follow_the_built_in_noise_order(summarized):
+    """Lower dose and the sparser view (more noise in the fixture) score worse on every headline metric."""
+    s = summarized.summary
+    for view in ("baseline", "dense"):
+        low, high = _job(s, f"dose_1000/{view}/train")["flat"], _job(s, f"dose_100000/{view}/train")["flat"]
+        assert low["phase_rmse"] > high["phase_rmse"]
+        assert low["phase_ssim"] < high["phase_ssim"]
+        assert low["complex_correlation"] < high["complex_correlation"]
+    base, dense = _job(s, "dose_1000/baseline/train")["flat"], _job(s, "dose_1000/dense/train")["flat"]
+    assert base["phase_rmse"] < dense["phase_rmse"]
+    for j in s["jobs"]:
+        if j["metrics"] is not None:
+            # The fixture's shifts are below 0.8 px; registration must undo them.
+            assert max(abs(v) for v in j["metrics"]["registration_shift_px"]) < 0.9
+
+
+def test_aggregates_per_dose_view_split_and_per_dose_view(summarized):
+    """Per (dose, view): mean/min/max over the scored splits; the failed split is left out."""
+    s = summarized.summary
+    groups = {(g["dose"], g["view"]): g for g in s["aggregates"]["by_dose_view"]}
+    base = groups[(1000, "baseline")]
+    values = [_job(s, f"dose_1000/baseline/{sp}")["flat"]["phase_rmse"] for sp in ("train", "test")]
+    assert base["n_scored"] == 2 and base["splits"] == ["train", "test"]
+    assert base["metrics"]["phase_rmse"] == {"mean": pytest.approx(np.mean(values)), "min": min(values), "max": max(values)}
+    dense = groups[(1000, "dense")]
+    assert dense["n_scored"] == 1 and dense["splits"] == ["train"]
+    per_split = {(g["dose"], g["view"], g["split"]): g for g in s["aggregates"]["by_dose_view_split"]}
+    assert per_split[(1000, "dense", "test")]["n_scored"] == 0
+    assert all(v is None for v in per_split[(1000, "dense", "test")]["metrics"].values())
+
+
+def test_summary_markdown_and_figures(summarized):
+    """summary.md has the tables, the failure with its error, the skips, the figures and the commands."""
+    text = summarized.markdown_path.read_text()
+    for needle in ("## Per (dose, view), mean over splits", "## Per job", FAILED_ERROR,
+                   "`dose_1000/sparse/train`: Phase D NPZ not found", "## Reproduce", "summarize --artifact-root",
+                   "plan-jobs --design", "![metrics_vs_dose](figures/metrics_vs_dose.png)",
+                   "dose 100000: baseline beats dense"):
+        assert needle in text, needle
+    expected = {"object_phase_train.png", "object_amplitude_train.png", "object_phase_test.png",
+                "object_amplitude_test.png", "metrics_vs_dose.png", "frc_curves.png", "loss_curves.png"}
+    assert {Path(f).name for f in summarized.summary["figures"]} == expected
+    for name in expected:
+        assert (summarized.out_dir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_prints_the_table_and_reports_failures_on_stderr(sweep, tmp_path):
+    """Exit 0; stdout is the metric table (a row per job), stderr names the failure and the summary path."""
+    out = tmp_path / "s"
+    result = CliRunner().invoke(cli, ["--artifact-root", str(sweep), "--out", str(out)], prog_name="summarize")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["job", "status", "phase", "RMSE"]
+    assert len(lines) == 1 + 8
+    assert any(line.startswith(FAILED_JOB) and " failed " in line for line in lines)
+    assert f"{FAILED_JOB}: failed: {FAILED_ERROR}" in result.stderr
+    assert "7 scored, 1 failed, 0 not run, 4 skipped" in result.stderr
+    assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
+
+
+def test_cli_json_prints_the_summary_document(sweep, tmp_path):
+    """--json prints summary.json's document; --remove-ramp is recorded in the settings."""
+    out = tmp_path / "s"
+    result = CliRunner().invoke(cli, ["--artifact-root", str(sweep), "--out", str(out), "--json", "--remove-ramp"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == json.loads((out / "summary.json").read_text())
+    assert doc["settings"]["remove_ramp"] is True
+    assert doc["reproduce"][-1].endswith("--remove-ramp")
+    assert all(j["metrics"]["phase_ramp_rad_per_px"] is not None for j in doc["jobs"] if j["metrics"])
+
+
+def _copy(sweep: Path, tmp_path: Path) -> Path:
+    """A private copy of the sweep's artifact root (the inputs stay shared: paths are absolute)."""
+    root = tmp_path / "phase_f"
+    shutil.copytree(sweep, root, ignore=shutil.ignore_patterns("summary"))
+    return root
+
+
+def test_missing_outputs_are_reported_not_fatal(sweep, tmp_path):
+    """No result.json -> not run; no reconstruction.npz -> unscored; a changed input -> unscored."""
+    root = _copy(sweep, tmp_path)
+    manifest = json.loads((root / "reconstruction_manifest.json").read_text())
+    manifest["execution_results"] = [e for e in manifest["execution_results"] if e["job_id"] != "dose_100000/dense/test"]
+    (root / "reconstruction_manifest.json").write_text(json.dumps(manifest))
+    (root / "dose_100000/dense/test/result.json").unlink()
+    (root / "dose_100000/dense/train/reconstruction.npz").unlink()
+    s = summarize(root, out_dir=tmp_path / "out", design_path=None).summary
+    assert s["not_run"] == ["dose_100000/dense/test"]
+    assert _job(s, "dose_100000/dense/train")["status"] == "unscored"
+    assert _job(s, "dose_100000/dense/train")["error"] == "reconstruction.npz missing in dose_100000/dense/train"
+    assert s["counts"]["scored"] == 5 and s["counts"]["failed"] == 2 and s["counts"]["not_run"] == 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("bad_json", "result.json: not valid JSON"),
+    ("schema", "result.json: status: 'finished' is not one of"),
+    ("pickle", "reconstruction.npz: cannot be read without pickle; refusing"),
+    ("missing_key", "reconstruction.npz: object: key missing"),
+    ("wrong_shape", "reconstruction.npz: object: shape (40, 40) differs from the ground truth (80, 80)"),
+])
+def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
+    """A malformed result.json or a foreign reconstruction.npz: exit 1, one line naming the file."""
+    root = _copy(sweep, tmp_path)
+    folder = root / "dose_1000" / "baseline" / "train"
+    if damage == "bad_json":
+        (folder / "result.json").write_text("{not json")
+    elif damage == "schema":
+        doc = json.loads((folder / "result.json").read_text())
+        doc["status"] = "finished"
+        (folder / "result.json").write_text(json.dumps(doc))
+    elif damage == "pickle":
+        np.savez(folder / "reconstruction.npz", object=np.array([{"a": 1}], dtype=object))
+    elif damage == "missing_key":
+        np.savez(folder / "reconstruction.npz", probe=np.zeros((N, N), np.complex64))
+    elif damage == "wrong_shape":
+        with np.load(folder / "reconstruction.npz") as npz:
+            arrays = dict(npz)
+        arrays["object"] = arrays["object"][:40, :40]
+        np.savez(folder / "reconstruction.npz", **arrays)
+    result = CliRunner().invoke(cli, ["--artifact-root", str(root)])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_not_an_artifact_root_and_missing_design(tmp_path, sweep):
+    """A folder without a manifest, a missing folder, and a manifest whose design is gone: exit 1."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--artifact-root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path}: no reconstruction_manifest.json: not an artifact root (run plan-jobs first)\n"
+    result = runner.invoke(cli, ["--artifact-root", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "artifact root not found" in result.output
+    root = _copy(sweep, tmp_path)
+    manifest = json.loads((root / "reconstruction_manifest.json").read_text())
+    manifest["provenance"]["design"] = str(tmp_path / "gone.json")
+    (root / "reconstruction_manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(cli, ["--artifact-root", str(root)])
+    assert result.exit_code == 1
+    assert "gone.json: design file not found (the manifest's provenance/design; pass --design)" in result.output
+
+
+def test_design_option_overrides_and_changed_design_is_noted(sweep, tmp_path, smoke_design_path):
+    """--design supplies the metric settings; a design differing from the planned hash is noted."""
+    design = json.loads(smoke_design_path.read_text())
+    design["metrics"]["ms_ssim_sigma"] = 1.5
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps(design))
+    s = summarize(sweep, out_dir=tmp_path / "out", design_path=path, make_figures=False).summary
+    assert s["settings"]["ms_ssim_sigma"] == 1.5
+    assert any("changed since planning" in n for n in s["notes"])
+
+
+def test_help_has_an_example_and_usage_errors_exit_2():
+    """--help shows the example command; a missing --artifact-root is a usage error (exit 2)."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--help"], prog_name="summarize")
+    assert result.exit_code == 0
+    assert "Example:\n    summarize --artifact-root tmp/study/phase_f\n" in result.output
+    result = runner.invoke(cli, [], prog_name="summarize")
+    assert result.exit_code == 2 and "Missing option '--artifact-root'" in result.output

@@ -1,0 +1,598 @@
+"""Summarise a sweep: score every reconstruction against its ground truth, aggregate, draw, report.
+
+Reads only files: ``<artifact_root>/reconstruction_manifest.json`` (schema-checked),
+``skip_summary.json`` if present, each job's ``result.json`` and ``reconstruction.npz``
+(``<artifact_root>/<job id>/``), the job's input NPZ (ground truth) and the design named in the
+manifest (metric settings). Writes ``summary.json`` (schema ``summary``), ``summary.md`` and
+``figures/*.png`` into the summary folder.
+
+A partial sweep is reported, never fatal: a job that failed, has no outcome yet, or ran but
+cannot be compared (reconstruction or input missing, input changed since planning) becomes a
+row with its reason. A file that is there but is not what it should be (malformed JSON, schema
+violation, an NPZ that needs pickle or lacks keys, wrong shapes) is a :class:`StudyError` naming
+the file: the caller prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from . import figures, metrics
+from .design import BASELINE_VIEW, SPLITS, StudyDesign, dose_key, load_design
+from .errors import ContractError, DesignError, ManifestError, StudyError
+from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, sha256_file
+from .manifests import read_json, write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SCHEMA = "summary"
+FAILED_STATUSES = ("failed", "timeout", "crashed")
+
+# Headline metrics: flat name -> (path in the metrics dict, table label, higher is better).
+METRICS: dict[str, tuple[tuple[str, ...], str, bool]] = {
+    "phase_rmse": (("phase", "rmse"), "phase RMSE (rad)", False),
+    "phase_psnr_db": (("phase", "psnr_db"), "phase PSNR (dB)", True),
+    "phase_ssim": (("phase", "ssim"), "phase SSIM", True),
+    "phase_ms_ssim": (("phase", "ms_ssim"), "phase MS-SSIM", True),
+    "amplitude_rmse": (("amplitude", "rmse"), "amp. RMSE", False),
+    "amplitude_psnr_db": (("amplitude", "psnr_db"), "amp. PSNR (dB)", True),
+    "amplitude_ssim": (("amplitude", "ssim"), "amp. SSIM", True),
+    "amplitude_ms_ssim": (("amplitude", "ms_ssim"), "amp. MS-SSIM", True),
+    "complex_correlation": (("complex_correlation",), "complex corr.", True),
+    "frc_fraction_of_nyquist": (("frc", "fraction_of_nyquist"), "FRC half-bit / Nyquist", True),
+    "frc_resolution_px": (("frc", "resolution_px"), "FRC resolution (px)", False),
+    "mean_frc": (("frc", "mean_frc"), "mean FRC", True),
+}
+FIGURE_METRICS = ("phase_rmse", "phase_ssim", "phase_ms_ssim", "complex_correlation",
+                  "frc_fraction_of_nyquist", "amplitude_ssim")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_npz(path: Path, required: dict[str, str]) -> dict[str, np.ndarray]:
+    """Load ``required`` keys (name -> numpy kind codes) from an NPZ, never unpickling."""
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key, kinds in required.items():
+                if key not in npz.files:
+                    raise ContractError(f"{path}: {key}: key missing")
+                arrays[key] = npz[key]
+                if arrays[key].dtype.kind not in kinds:
+                    raise ContractError(f"{path}: {key}: unexpected dtype {arrays[key].dtype}")
+    except ContractError:
+        raise
+    except ValueError as exc:  # object arrays refuse to load without pickle
+        raise ContractError(f"{path}: cannot be read without pickle; refusing ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise ContractError(f"{path}: not a readable NPZ file ({exc})") from exc
+    return arrays
+
+
+def _metadata(path: Path, raw: np.ndarray) -> dict:
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise ContractError(f"{path}: _metadata: expected a 0-d unicode string, got {raw.dtype} {raw.shape}")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: _metadata: not valid JSON ({exc.msg})") from exc
+    if not isinstance(meta, dict):
+        raise ContractError(f"{path}: _metadata: expected a JSON object")
+    return meta
+
+
+def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
+    """objectGuess, probeGuess, xcoords, ycoords (and _metadata) of a contract NPZ."""
+    arrays = _read_npz(path, {"objectGuess": "c", "probeGuess": "c", "xcoords": "fi", "ycoords": "fi", "_metadata": "U"})
+    _metadata(path, arrays["_metadata"])
+    for key in ("objectGuess", "probeGuess"):
+        if arrays[key].ndim != 2:
+            raise ContractError(f"{path}: {key}: expected 2-D, got shape {arrays[key].shape}")
+    if arrays["xcoords"].shape != arrays["ycoords"].shape or arrays["xcoords"].ndim != 1:
+        raise ContractError(f"{path}: xcoords/ycoords: shapes {arrays['xcoords'].shape} and {arrays['ycoords'].shape}")
+    return arrays
+
+
+def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The object and loss history of a run-ptychi ``reconstruction.npz``, checked."""
+    arrays = _read_npz(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f", "_metadata": "U"})
+    _metadata(path, arrays["_metadata"])
+    if arrays["object"].shape != tuple(object_shape):
+        raise ContractError(f"{path}: object: shape {arrays['object'].shape} differs from the ground truth {tuple(object_shape)}")
+    if arrays["loss_epochs"].shape != arrays["loss_values"].shape:
+        raise ContractError(f"{path}: loss_epochs/loss_values: shapes differ")
+    if not np.all(np.isfinite(arrays["object"])):
+        raise ContractError(f"{path}: object: holds NaN or inf")
+    return arrays
+
+
+def _job_key(dose: int, view: str, split: str) -> str:
+    return f"{dose_key(dose)}/{view}/{split}"
+
+
+def _check_manifest(manifest: dict, path: Path) -> None:
+    """Job ids must match their fields and be unique (they name the job folders)."""
+    seen = set()
+    for i, job in enumerate(manifest["jobs"]):
+        if job["id"] != _job_key(job["dose"], job["view"], job["split"]):
+            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split")
+        if job["id"] in seen:
+            raise ManifestError(f"{path}: jobs/{i}/id: duplicate job {job['id']}")
+        seen.add(job["id"])
+
+
+def _load_settings(manifest: dict, design_path: Path | None, remove_ramp: bool, erode_px: int,
+                   notes: list[str]) -> tuple[metrics.MetricSettings, StudyDesign]:
+    prov = manifest["provenance"]
+    path = design_path if design_path is not None else Path(prov["design"])
+    try:
+        design = load_design(path)
+    except DesignError as exc:
+        hint = "" if design_path is not None else " (the manifest's provenance/design; pass --design)"
+        raise DesignError(f"{str(exc).splitlines()[0]}{hint}") from exc
+    if design.design_hash != prov["design_hash"]:
+        notes.append(f"the design {path.name} changed since planning (hash {design.design_hash[:12]} vs "
+                     f"{prov['design_hash'][:12]}); metric settings come from the current file")
+    m = design.metrics
+    settings = metrics.MetricSettings(
+        ms_ssim_sigma=float(m["ms_ssim_sigma"]),
+        illumination_threshold=float(m.get("illumination_threshold", 0.1)),
+        erode_px=erode_px,
+        remove_ramp=remove_ramp,
+    )
+    return settings, design
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class JobOutcome:
+    """One planned job: its status, result fields and (when scored) metrics and figure data."""
+
+    job: dict
+    status: str
+    error: str | None = None
+    returncode: int | None = None
+    result: dict | None = None
+    comparison: metrics.Comparison | None = None
+    gt: np.ndarray | None = None
+    loss_epochs: np.ndarray | None = None
+    loss_values: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return self.job["dose"], self.job["view"], self.job["split"]
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def flat_metrics(metric_doc: dict) -> dict[str, float | None]:
+    """The headline metrics of one job by flat name."""
+    flat = {}
+    for name, (path, _, _) in METRICS.items():
+        value: Any = metric_doc
+        for part in path:
+            value = value[part]
+        flat[name] = None if value is None or not math.isfinite(value) else float(value)
+    return flat
+
+
+def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.MetricSettings,
+              pixel_size_m: float | None) -> JobOutcome:
+    """Read one job's files and, when it ran ok, compare it with its ground truth."""
+    folder = root / job["id"]
+    result_path = folder / "result.json"
+    if not result_path.exists():
+        if execution is not None and execution["status"] != "ok":
+            return JobOutcome(job, execution["status"], execution.get("error") or "no error recorded",
+                              execution.get("returncode"))
+        if execution is not None:
+            return JobOutcome(job, "unscored", f"result.json missing in {job['id']} (manifest says ok)")
+        return JobOutcome(job, "not_run", "no result.json yet")
+    result = read_json(result_path, "job_result")
+    if result["job_id"] != job["id"]:
+        raise ManifestError(f"{result_path}: job_id: {result['job_id']} is not the folder's job {job['id']}")
+    if result["status"] != "ok":
+        return JobOutcome(job, result["status"], result["error"] or "no error recorded", result["returncode"], result)
+    if result["input_sha256"] != job["input_sha256"]:
+        return JobOutcome(job, "unscored", "result.json is for another input (input_sha256 differs from the manifest's); rerun",
+                          result["returncode"], result)
+    recon_path = folder / "reconstruction.npz"
+    if not recon_path.is_file():
+        return JobOutcome(job, "unscored", f"reconstruction.npz missing in {job['id']}", result["returncode"], result)
+    input_path = Path(job["input_npz"])
+    if not input_path.is_file():
+        return JobOutcome(job, "unscored", f"input NPZ not found: {input_path}", result["returncode"], result)
+    if sha256_file(input_path) != job["input_sha256"]:
+        return JobOutcome(job, "unscored", f"input NPZ changed since planning: {input_path}", result["returncode"], result)
+    truth = load_ground_truth(input_path)
+    recon = load_reconstruction(recon_path, truth["objectGuess"].shape)
+    try:
+        comparison = metrics.compare(recon["object"], truth["objectGuess"], truth["probeGuess"],
+                                     truth["xcoords"], truth["ycoords"], settings, pixel_size_m)
+    except ValueError as exc:
+        return JobOutcome(job, "unscored", f"cannot compare: {exc}", result["returncode"], result)
+    return JobOutcome(job, "scored", None, result["returncode"], result, comparison,
+                      gt=np.asarray(truth["objectGuess"]), loss_epochs=recon["loss_epochs"],
+                      loss_values=recon["loss_values"])
+
+
+# --------------------------------------------------------------------------- aggregating
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """Per (dose, view, split) means and per (dose, view) mean/min/max over the scored jobs."""
+    by_split: dict[tuple, list[dict]] = {}
+    by_view: dict[tuple, list[dict]] = {}
+    order: list[tuple] = []
+    for row in rows:
+        key = (row["dose"], row["view"], row["split"])
+        by_split.setdefault(key, [])
+        if (row["dose"], row["view"]) not in by_view:
+            by_view[(row["dose"], row["view"])] = []
+            order.append((row["dose"], row["view"]))
+        if row["flat"] is not None:
+            by_split[key].append(row)
+            by_view[(row["dose"], row["view"])].append(row)
+    split_docs = []
+    for (dose, view, split), members in by_split.items():
+        means = {}
+        for name in METRICS:
+            values = [m["flat"][name] for m in members if m["flat"][name] is not None]
+            means[name] = float(np.mean(values)) if values else None
+        split_docs.append({"dose": dose, "view": view, "split": split, "n_scored": len(members), "metrics": means})
+    view_docs = []
+    for dose, view in order:
+        members = by_view[(dose, view)]
+        stats = {name: _stats([m["flat"][name] for m in members if m["flat"][name] is not None]) for name in METRICS}
+        splits = [s for s in SPLITS if any(m["split"] == s for m in members)]
+        view_docs.append({"dose": dose, "view": view, "n_scored": len(members), "splits": splits, "metrics": stats})
+    return {"by_dose_view_split": split_docs, "by_dose_view": view_docs}
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def table_metric_names(settings: dict) -> list[str]:
+    """Metrics shown in tables: phase first (or amplitude first with emphasis 'amplitude')."""
+    phase = ["phase_rmse", "phase_psnr_db", "phase_ssim", "phase_ms_ssim"]
+    amplitude = ["amplitude_rmse", "amplitude_ssim", "amplitude_ms_ssim"] if settings["report_amplitude"] else []
+    first, second = (amplitude, phase) if settings["emphasis"] == "amplitude" and amplitude else (phase, amplitude)
+    return first + second + ["complex_correlation", "frc_fraction_of_nyquist", "frc_resolution_px"]
+
+
+def fmt(value: Any) -> str:
+    """Four significant digits; '-' for missing; 'inf' kept readable."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "inf" if value > 0 else "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def metric_table(summary: dict, markdown: bool) -> str:
+    """The per-job metric table (text for stdout, or markdown)."""
+    names = table_metric_names(summary["settings"])
+    header = ["job", "status"] + [METRICS[n][1] for n in names]
+    body = []
+    for job in summary["jobs"]:
+        flat = job["flat"] or {}
+        body.append([job["job_id"], job["status"]] + [fmt(flat.get(n)) for n in names])
+    return _render(header, body, markdown)
+
+
+def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(lines)
+
+
+def dose_view_table(summary: dict) -> str:
+    """Markdown table of the per (dose, view) means over splits."""
+    names = table_metric_names(summary["settings"])
+    header = ["dose", "view", "scored"] + [METRICS[n][1] for n in names]
+    body = [[str(g["dose"]), g["view"], str(g["n_scored"])] + [fmt(g["metrics"][n]["mean"]) for n in names]
+            for g in summary["aggregates"]["by_dose_view"]]
+    return _render(header, body, markdown=True)
+
+
+def comparison_lines(summary: dict) -> list[str]:
+    """Per dose and metric: does dense beat sparse, and baseline beat dense (means over splits)?"""
+    groups = {(g["dose"], g["view"]): g for g in summary["aggregates"]["by_dose_view"]}
+    doses = sorted({g["dose"] for g in summary["aggregates"]["by_dose_view"]})
+    lines = []
+    for better, worse in (("dense", "sparse"), (BASELINE_VIEW, "dense")):
+        for dose in doses:
+            a, b = groups.get((dose, better)), groups.get((dose, worse))
+            if not a or not b or not a["n_scored"] or not b["n_scored"]:
+                continue
+            wins, losses = [], []
+            for name in table_metric_names(summary["settings"]):
+                va, vb = a["metrics"][name]["mean"], b["metrics"][name]["mean"]
+                if va is None or vb is None or va == vb:
+                    continue
+                higher_better = METRICS[name][2]
+                (wins if (va > vb) == higher_better else losses).append(METRICS[name][1])
+            verdict = "on every metric" if not losses else f"on {len(wins)} of {len(wins) + len(losses)} metrics"
+            detail = f" (not: {', '.join(losses)})" if losses else ""
+            lines.append(f"- dose {dose}: {better} beats {worse} {verdict}{detail}")
+    return lines
+
+
+def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: str = "figures/",
+                    include_provenance: bool = True) -> str:
+    """summary.md (and, with other options, docs/results.md) from a summary document."""
+    c = summary["counts"]
+    s = summary["settings"]
+    out = [f"# {title}", ""]
+    out.append(f"Design `{summary['design_name']}`: {c['design_jobs']} jobs in the design, {c['planned']} planned, "
+               f"{c['scored']} scored, {c['failed']} failed, {c['not_run']} not run, {c['skipped']} skipped.")
+    out.append("")
+    out.append(f"Metrics over the illuminated region (summed probe intensity > {s['illumination_threshold']:g} x max"
+               + (f", eroded {s['erode_px']} px" if s["erode_px"] else "")
+               + "), after sub-pixel registration and removal of the global phase offset"
+               + (" and a linear phase ramp" if s["remove_ramp"] else "")
+               + f". SSIM / MS-SSIM: Gaussian window, sigma = {s['ms_ssim_sigma']:g} px. PSNR range: peak-to-peak of the "
+               "ground truth. FRC: complex object, half-bit threshold; resolution = half-period at the first crossing.")
+    out += ["", "## Per (dose, view), mean over splits", "", dose_view_table(summary), ""]
+    lines = comparison_lines(summary)
+    if lines:
+        out += ["## Overlap comparison", ""] + lines + [""]
+    out += ["## Per job", "", metric_table(summary, markdown=True), ""]
+    out += ["## Failures", ""]
+    if summary["failures"]:
+        out += [f"- `{f['job_id']}` {f['status']}"
+                + (f" (return code {f['returncode']})" if f["returncode"] not in (None, 0) else "")
+                + f": {f['error']} — log `{f['log_path']}`" for f in summary["failures"]]
+    else:
+        out.append("None.")
+    if summary["not_run"]:
+        out += ["", "Not run yet: " + ", ".join(f"`{j}`" for j in summary["not_run"]) + "."]
+    out += ["", "## Skipped", ""]
+    if summary["skips"]:
+        out += [f"- `{_job_key(k['dose'], k['view'], k['split'])}`: {k['reason']}" for k in summary["skips"]]
+    else:
+        out.append("None.")
+    if summary["notes"]:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in summary["notes"]]
+    if summary["figures"]:
+        out += ["", "## Figures", ""]
+        out += [f"![{Path(f).stem}]({figure_prefix}{Path(f).name})" for f in summary["figures"]]
+    out += ["", "## Reproduce", "", "```"] + summary["reproduce"] + ["```"]
+    if include_provenance:
+        p = summary["provenance"]
+        out += ["", f"Written by summarize {p['tool_version']} at {p['created']} from `{p['artifact_root']}` "
+                f"(manifest sha256 {p['manifest_sha256'][:12]}, design hash {p['design_hash'][:12]})."]
+    return "\n".join(out) + "\n"
+
+
+def reproduce_commands(manifest: dict, artifact_root: str, remove_ramp: bool) -> list[str]:
+    """The commands that rebuild this sweep (data, plan, run, summary)."""
+    prov = manifest["provenance"]
+    filters = prov["filters"]
+    dose_flags: list[str] = []
+    for dose in filters["doses"] or []:
+        dose_flags += ["--dose", str(dose)]
+    plan_flags = list(dose_flags)
+    for flag, values in (("--view", filters["views"]), ("--split", filters["splits"])):
+        for value in values or []:
+            plan_flags += [flag, value]
+    if prov["allow_missing_phase_d"]:
+        plan_flags.append("--allow-missing-phase-d")
+    roots = ["--phase-c-root", prov["phase_c_root"], "--phase-d-root", prov["phase_d_root"]]
+    manifest_path = str(Path(prov["artifact_root"]) / MANIFEST_NAME)
+    commands = [
+        ["gen-synthetic", "--design", prov["design"], *roots, *dose_flags],
+        ["plan-jobs", "--design", prov["design"], *roots, "--artifact-root", prov["artifact_root"], *plan_flags],
+        ["run-ptychi", "--manifest", manifest_path],
+        ["summarize", "--artifact-root", artifact_root] + (["--remove-ramp"] if remove_ramp else []),
+    ]
+    return [shlex.join(c) for c in commands]
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scipy", "scikit-image", "matplotlib"):
+        try:
+            versions[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+# --------------------------------------------------------------------------- the whole summary
+
+
+@dataclass
+class SummaryOutcome:
+    summary: dict
+    out_dir: Path
+    summary_path: Path
+    markdown_path: Path
+    figure_paths: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _figure_panels(outcomes: list[JobOutcome], split: str) -> dict[tuple[int, str], figures.ObjectPanel]:
+    panels = {}
+    for o in outcomes:
+        if o.comparison is None or o.job["split"] != split:
+            continue
+        box, mask = o.comparison.box, o.comparison.mask[o.comparison.box]
+        gt, rec = o.gt[box], o.comparison.aligned[box]
+        rec_phase = np.angle(gt) + np.angle(rec * np.conj(gt))
+        panels[(o.job["dose"], o.job["view"])] = figures.ObjectPanel(
+            gt_phase=np.angle(gt), gt_amplitude=np.abs(gt),
+            rec_phase=np.where(mask, rec_phase, np.nan), rec_amplitude=np.where(mask, np.abs(rec), np.nan))
+    return panels
+
+
+def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> list[Path]:
+    doses = sorted({o.job["dose"] for o in outcomes})
+    views = list(dict.fromkeys(o.job["view"] for o in outcomes))
+    paths = []
+    for split in SPLITS:
+        if not any(o.job["split"] == split for o in outcomes):
+            continue
+        panels = _figure_panels(outcomes, split)
+        missing = {(o.job["dose"], o.job["view"]): f"{o.status}" for o in outcomes
+                   if o.job["split"] == split and o.comparison is None}
+        for quantity in ("phase", "amplitude"):
+            paths.append(figures.object_grid(panels, doses, views, quantity, split,
+                                             fig_dir / f"object_{quantity}_{split}.png", missing))
+    rows = [{"dose": j["dose"], "view": j["view"], "split": j["split"], "metrics": j["flat"]}
+            for j in summary["jobs"] if j["flat"] is not None]
+    labels = {name: METRICS[name][1] for name in FIGURE_METRICS}
+    paths.append(figures.metrics_vs_dose(rows, views, labels, fig_dir / "metrics_vs_dose.png"))
+    curves = []
+    for o in outcomes:
+        curve = figures.CurveJob(o.job["dose"], o.job["view"], o.job["split"])
+        if o.comparison is not None:
+            curve.frc_frequency = o.comparison.frc.frequency
+            curve.frc = o.comparison.frc.frc
+            curve.frc_threshold = o.comparison.frc.threshold
+            curve.loss_epochs, curve.loss_values = o.loss_epochs, o.loss_values
+        curves.append(curve)
+    paths.append(figures.frc_curves(curves, doses, views, fig_dir / "frc_curves.png"))
+    paths.append(figures.loss_curves(curves, doses, views, fig_dir / "loss_curves.png"))
+    return paths
+
+
+def _job_row(o: JobOutcome) -> dict:
+    r = o.result or {}
+    metric_doc = None
+    flat = None
+    if o.comparison is not None:
+        frc = o.comparison.frc
+        metric_doc = _finite(dict(o.comparison.metrics))
+        metric_doc["frc"] = dict(metric_doc["frc"])
+        metric_doc["frc"]["rings"] = {"frequency": frc.frequency.tolist(), "frc": frc.frc.tolist(),
+                                      "threshold": frc.threshold.tolist(), "n_pixels": frc.n_pixels.tolist()}
+        flat = flat_metrics(o.comparison.metrics)
+    return {
+        "job_id": o.job["id"], "dose": o.job["dose"], "view": o.job["view"], "split": o.job["split"],
+        "status": o.status, "error": o.error, "n_images": o.job["n_images"], "selection": o.job["selection"],
+        "wall_s": r.get("wall_s"), "reconstruction_s": r.get("reconstruction_s"), "epochs": r.get("epochs"),
+        "final_loss": _finite(r.get("final_loss")), "device": r.get("device"), "metrics": metric_doc, "flat": flat,
+    }
+
+
+def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remove_ramp: bool = False,
+              design_path: str | Path | None = None, erode_px: int = 0, make_figures: bool = True) -> SummaryOutcome:
+    """Score every job of the sweep under ``artifact_root`` and write the summary folder."""
+    start = time.perf_counter()
+    root = Path(artifact_root)
+    if not root.is_dir():
+        raise StudyError(f"{root}: artifact root not found (a folder holding {MANIFEST_NAME})")
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise StudyError(f"{root}: no {MANIFEST_NAME}: not an artifact root (run plan-jobs first)")
+    manifest = read_json(manifest_path, "reconstruction_manifest")
+    _check_manifest(manifest, manifest_path)
+    skip_doc = None
+    if (root / SKIP_SUMMARY_NAME).exists():
+        skip_doc = read_json(root / SKIP_SUMMARY_NAME, "skip_summary")
+    notes: list[str] = []
+    if Path(manifest["provenance"]["artifact_root"]).resolve() != root.resolve():
+        notes.append(f"the manifest was planned for {manifest['provenance']['artifact_root']}; job folders are read "
+                     f"from {root} and inputs from the manifest's paths")
+    settings, design = _load_settings(manifest, Path(design_path) if design_path else None, remove_ramp,
+                                      erode_px, notes)
+    view_order = {v: i for i, v in enumerate(design.views)}
+    jobs = sorted(manifest["jobs"], key=lambda j: (j["dose"], view_order.get(j["view"], len(view_order)), j["view"],
+                                                    SPLITS.index(j["split"])))
+    executions = {e["job_id"]: e for e in manifest["execution_results"]}
+    pixel_size = manifest["instrument"]["object_pixel_size_m"]
+    outcomes = []
+    for job in jobs:
+        log.info("scoring %s", job["id"])
+        outcomes.append(score_job(job, root, executions.get(job["id"]), settings, pixel_size))
+
+    known = {(j["dose"], j["view"], j["split"]) for j in manifest["jobs"]}
+    on_disk = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("dose_*/*/*/result.json"))
+    foreign = [jid for jid in on_disk if jid not in {j["id"] for j in manifest["jobs"]}]
+    if foreign:
+        notes.append(f"job folders not in the manifest, ignored: {', '.join(foreign)}")
+    skips, seen = [], set()
+    for source, entries in (("skip_summary", skip_doc["skipped_jobs"] if skip_doc else []),
+                            ("missing_jobs", manifest["missing_jobs"])):
+        for e in entries:
+            key = (e["dose"], e["view"], e["split"], e["reason"])
+            if key in seen or (e["dose"], e["view"], e["split"]) in known:
+                continue
+            seen.add(key)
+            skips.append({"dose": e["dose"], "view": e["view"], "split": e["split"], "reason": e["reason"], "source": source})
+
+    rows = [_job_row(o) for o in outcomes]
+    failures = [{"job_id": o.job["id"], "status": o.status, "returncode": o.returncode, "error": o.error,
+                 "log_path": f"{o.job['id']}/ptychi.log"} for o in outcomes if o.status in (*FAILED_STATUSES, "unscored")]
+    settings_doc = settings.to_dict()
+    settings_doc.update({"emphasis": design.metrics.get("emphasis", "phase"),
+                         "report_amplitude": bool(design.metrics.get("report_amplitude", True)),
+                         "metric_names": list(METRICS)})
+    out = Path(out_dir) if out_dir is not None else root / "summary"
+    summary = {
+        "schema_version": "1.0",
+        "design_name": manifest["provenance"]["design_name"],
+        "settings": settings_doc,
+        "counts": {"design_jobs": manifest["total_jobs"], "planned": len(jobs),
+                   "scored": sum(o.status == "scored" for o in outcomes), "failed": len(failures),
+                   "not_run": sum(o.status == "not_run" for o in outcomes), "skipped": len(skips)},
+        "jobs": rows,
+        "aggregates": aggregate(rows),
+        "failures": failures,
+        "not_run": [o.job["id"] for o in outcomes if o.status == "not_run"],
+        "skips": skips,
+        "figures": [],
+        "reproduce": reproduce_commands(manifest, str(artifact_root), remove_ramp),
+        "notes": notes,
+        "provenance": {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tool": "summarize", "tool_version": __version__, "artifact_root": str(artifact_root),
+            "manifest_sha256": sha256_file(manifest_path), "design": str(design.path),
+            "design_hash": manifest["provenance"]["design_hash"], "versions": _versions(),
+        },
+    }
+    figure_paths: list[Path] = []
+    if make_figures:
+        figure_paths = draw_figures(outcomes, summary, out / "figures")
+        summary["figures"] = [p.relative_to(out).as_posix() for p in figure_paths]
+    summary_path = write_json(out / "summary.json", summary, SUMMARY_SCHEMA)
+    markdown_path = write_text_atomic(out / "summary.md", render_markdown(summary))
+    return SummaryOutcome(summary, out, summary_path, markdown_path, figure_paths, time.perf_counter() - start)

@@ -1,0 +1,57 @@
+"""summarize: score a sweep's reconstructions against ground truth; write summary.json/.md and figures."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ._cli import CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
+from .core.summary import metric_table, summarize
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--artifact-root", required=True, type=click.Path(),
+              help="Artifact root of the sweep: holds reconstruction_manifest.json and dose_<d>/<view>/<split>/.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Summary folder (default: <artifact-root>/summary).")
+@click.option("--remove-ramp", is_flag=True, help="Also remove a linear phase ramp before scoring.")
+@click.option("--design", "design_path", type=click.Path(dir_okay=False), default=None,
+              help="Design whose metrics settings to use (default: the one the manifest was planned from).")
+@click.option("--erode", "erode_px", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Erode the illuminated mask by this many pixels.")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table.")
+@verbose_option
+@version_option("summarize")
+@fail_on_study_error
+def cli(artifact_root, out_dir, remove_ramp, design_path, erode_px, as_json):
+    """Score every reconstruction of a sweep against its ground truth and report.
+
+    For each planned job with a reconstruction: build the well-illuminated mask from the input's
+    probe and positions, register the object on objectGuess (sub-pixel), remove the global phase
+    offset (and a linear ramp with --remove-ramp), then compute phase and amplitude RMSE, PSNR,
+    SSIM and MS-SSIM (sigma from the design), the complex correlation and the FRC with its
+    half-bit resolution. Writes <out>/summary.json (per-job metrics, per (dose, view, split) and
+    (dose, view) aggregates, failures, skips, provenance), <out>/summary.md and <out>/figures/*.png,
+    and prints the metric table. Failed, missing and skipped jobs are reported, not fatal.
+    Exit 0 summary written, 1 bad input (not an artifact root, malformed file), 2 usage.
+
+    \b
+    Example:
+      summarize --artifact-root tmp/study/phase_f
+      summarize --artifact-root tmp/study/phase_f --out tmp/summary_ramp --remove-ramp --json
+    """
+    outcome = summarize(artifact_root, out_dir=out_dir, remove_ramp=remove_ramp, design_path=design_path,
+                        erode_px=erode_px)
+    summary = outcome.summary
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(metric_table(summary, markdown=False))
+    for failure in summary["failures"]:
+        click.echo(f"{failure['job_id']}: {failure['status']}: {failure['error']}", err=True)
+    for note in summary["notes"]:
+        click.echo(f"note: {note}", err=True)
+    c = summary["counts"]
+    click.echo(f"{c['scored']} scored, {c['failed']} failed, {c['not_run']} not run, {c['skipped']} skipped "
+               f"-> {outcome.summary_path} ({outcome.seconds:.1f} s)", err=True)
