@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from tools.core import manifests
-from tools.core.synthetic import INDEX_NAME, NPZ_KEYS, ZIP_DATE_TIME, write_npz_atomic
+from tools.core.fileio import ZIP_DATE_TIME, write_npz_atomic
+from tools.core.synthetic import INDEX_NAME, NPZ_KEYS
 from tools.gen_synthetic import cli
 
 SMOKE_FILES = {

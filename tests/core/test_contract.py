@@ -14,6 +14,7 @@ import pytest
 from tools.core import contract
 from tools.core.contract import check_npz, example_arrays, read_contract_npz, write_contract_npz
 from tools.core.errors import ContractError
+from tools.core.geometry import window_starts
 
 N, M, n = 8, 20, 6
 
@@ -98,21 +99,6 @@ def test_example_counts_follow_the_ptychi_forward_model(valid):
     assert counts.sum(axis=(1, 2)).mean() == pytest.approx(meta["measured_mean_counts"], rel=0, abs=1e-9)
     # Poisson mean of sums over 6 patterns of ~dose counts: within 10 % of expectation (>4 sigma).
     assert meta["measured_mean_counts"] == pytest.approx(meta["expected_mean_counts"], rel=0.1)
-
-
-def test_position_origin_and_window_rule():
-    """Origin round(M/2)-0.5 (half to even) and window start round(c-O)+O-(N-1)/2 as pty-chi does."""
-    assert contract.position_origin((20, 21)) == (9.5, 9.5)  # round(10.5) = 10 (half to even)
-    assert contract.position_origin((23, 8)) == (11.5, 3.5)  # round(11.5) = 12
-    ys, xs = np.array([9.5, 9.6, 10.0, 11.0]), np.array([3.5, 3.4, 4.0, 16.5])
-    sy, sx = contract.window_starts(ys, xs, (20, 20), 8)
-    # rows: c - O = 0, 0.1, 0.5, 1.5 -> round 0, 0, 0, 2 (half to even); start = round + 9.5 - 3.5
-    assert sy.tolist() == [6, 6, 6, 8]
-    # columns: c - O = -6, -6.1, -5.5, 7 -> round -6, -6, -6, 7; start = round + 6
-    assert sx.tolist() == [0, 0, 0, 13]
-
-
-# --- file-level rules ----------------------------------------------------------------------------
 
 
 def test_empty_file(tmp_path, valid):
@@ -357,14 +343,13 @@ def test_shape_rules(tmp_path, valid, key, shape, message):
 def test_windows_must_stay_inside_the_object(tmp_path, valid):
     """A window past the edge fails; windows touching both edges exactly pass."""
     arrays, meta = valid
-    origin = contract.position_origin((M, M))
     half = (N - 1) / 2.0
     # Probe centres with window starts 0 and M - N (the extreme legal positions).
     arrays["ycoords"][:2] = [half, M - N + half]
     arrays["xcoords"][:2] = [M - N + half, half]
-    sy, sx = contract.window_starts(arrays["ycoords"], arrays["xcoords"], (M, M), N)
+    sy, sx = window_starts(np.stack([arrays["ycoords"], arrays["xcoords"]], axis=1), (M, M), N).T
     arrays["Y"] = np.stack([arrays["objectGuess"][a:a + N, b:b + N] for a, b in zip(sy, sx)])
-    assert origin == (9.5, 9.5) and sy[:2].tolist() == [0, M - N] and sx[:2].tolist() == [M - N, 0]
+    assert sy[:2].tolist() == [0, M - N] and sx[:2].tolist() == [M - N, 0]
     assert check_npz(write_contract_npz(tmp_path / "edge.npz", arrays, meta)).ok
     arrays["xcoords"][1] = half - 1.0  # start -1
     report = check_npz(write_contract_npz(tmp_path / "out.npz", arrays, meta))

@@ -11,7 +11,7 @@ from ptychi_checks import illuminated, phase_rmse
 
 from tools.core import engine
 from tools.core.errors import ContractError
-from tools.core.physics import position_origin
+from tools.core.geometry import position_origin
 
 OPTIONS = {"noise_model": "gaussian", "batch_size": 32, "optimize_probe": True, "probe_update_start_epoch": 1,
            "seed": 123, "chunk_epochs": 4, "wavelength_m": 1.4e-10, "object_pixel_size_m": 1.2e-7}

@@ -17,9 +17,9 @@ from tools.core.jobs import (
     options_hash,
     plan_jobs,
     read_npz_metadata,
-    sha256_file,
     write_plan,
 )
+from tools.core.fileio import sha256_file
 from tools.core.manifests import read_json, write_json
 
 

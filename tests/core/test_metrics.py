@@ -62,20 +62,6 @@ def complex_noise(shape, sigma: float, seed: int) -> np.ndarray:
 SETTINGS = m.MetricSettings(ms_ssim_sigma=1.0, illumination_threshold=0.1)
 
 
-def test_window_starts_follow_the_pty_chi_rule():
-    """Window start = round(round(c - O) + O - (N-1)/2) with O = round(M/2) - 0.5, half to even."""
-    # M = 96 -> O = 47.5; N = 32 -> (N-1)/2 = 15.5. Centres chosen to hit the rounding edges:
-    # c = 47.5 -> p = 0 -> start 32; c = 48.0 -> p = 0.5 rounds to 0 -> 32;
-    # c = 48.6 -> p = 1.1 -> 33; c = 46.5 -> p = -1 -> 31; c = 49.0 -> p = 1.5 rounds to 2 -> 34.
-    centres = np.array([47.5, 48.0, 48.6, 46.5, 49.0])
-    rows, cols = m.window_starts(centres, centres, (N, N), (M, M))
-    assert rows.tolist() == [32, 32, 33, 31, 34]
-    assert cols.tolist() == [32, 32, 33, 31, 34]
-    # Odd sizes: M = 95 -> O = round(47.5) - 0.5 = 47.5 (half to even: 48 - 0.5); N = 31 -> 15.
-    rows, _ = m.window_starts(np.array([47.5]), np.array([47.5]), (31, 31), (95, 95))
-    assert rows.tolist() == [32]
-
-
 def test_illumination_map_and_mask_of_one_position():
     """One position: the map is |probe|^2 in the window, and the mask is the probe's support there."""
     probe = disc_probe(radius=6.0) * 2.0

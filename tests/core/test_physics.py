@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tools.core import physics
+from tools.core.geometry import subpixel_residuals, window_starts
 from tools.core.design import load_design
 
 
@@ -89,27 +90,17 @@ def test_subpixel_convention_matters():
     coords = np.array([[31.3, 30.2], [28.7, 33.6]])
     model = physics.ForwardModel(probe, obj)
     right = model.intensities(coords).astype(np.float64)
-    residual = physics.subpixel_residuals(coords, obj.shape)
+    residual = subpixel_residuals(coords, obj.shape)
     far = np.fft.fft2(model.shifted_probes(-residual) * physics.object_windows(obj, coords, 16))
     wrong = np.fft.fftshift(np.abs(far) ** 2, axes=(-2, -1))
     # A residual of 0.2-0.4 px on a feature-rich object changes the patterns by far more than 1e-2.
     assert np.linalg.norm(wrong - right) / np.linalg.norm(right) > 1e-2
 
 
-def test_window_and_origin_follow_ptychi():
-    """Origin O = round(M/2) - 0.5 and the window start s = round(c - O) + O - (N - 1)/2."""
-    assert physics.position_origin((96, 97)).tolist() == [47.5, 48.0 - 0.5]
-    coords = np.array([[47.5, 40.2], [50.49, 60.51]])
-    starts = physics.window_starts(coords, (96, 96), 32)
-    # c - O = (0, -7.3) -> round (0, -7) -> s = (0 + 47.5 - 15.5, -7 + 47.5 - 15.5)
-    assert starts.tolist() == [[32, 25], [35, 45]]
-    np.testing.assert_allclose(physics.subpixel_residuals(coords, (96, 96)), [[0.0, -0.3], [-0.01, 0.01]], atol=1e-12)
-
-
 def test_Y_is_the_object_window(low):
     """Y equals objectGuess[s_y:s_y+N, s_x:s_x+N] under each exposure, exactly."""
     n = low["probeGuess"].shape[-1]
-    starts = physics.window_starts(_coords(low), low["objectGuess"].shape, n)
+    starts = window_starts(_coords(low), low["objectGuess"].shape, n)
     for k, (sy, sx) in enumerate(starts):
         np.testing.assert_array_equal(low["Y"][k], low["objectGuess"][sy:sy + n, sx:sx + n])
 
@@ -193,7 +184,7 @@ def test_scan_keeps_windows_inside(pattern):
     """Every scan window (plus margin) lies inside the object; the raster jitter is bounded."""
     spec = {"pattern": pattern, "step_px": 3.0, "jitter_px": 0.5, "margin_px": 1.5}
     coords, meta = physics.build_scan(spec, (100, 90), 32, seed=5)
-    starts = physics.window_starts(coords, (100, 90), 32)
+    starts = window_starts(coords, (100, 90), 32)
     assert starts.min() >= 1.5
     assert (starts[:, 0] + 32).max() <= 100 - 1.5 and (starts[:, 1] + 32).max() <= 90 - 1.5
     assert meta["n_positions"] == len(coords)

@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from .errors import ContractError
+from .fileio import write_npz_atomic
+from .geometry import position_origin, window_starts
 from .manifests import validation_errors
 
 FILE_KEY = "(file)"
@@ -111,26 +113,6 @@ ARRAY_KEYS = tuple(k for k in CONTRACT if k != METADATA_KEY)
 
 
 # --- geometry shared with the generator and the engine adapter ----------------------------------
-
-
-def position_origin(object_shape: tuple[int, int]) -> tuple[float, float]:
-    """pty-chi's object position origin ``(O_y, O_x) = round(M/2) - 0.5`` per axis (half to even)."""
-    return tuple(float(np.round(m / 2.0) - 0.5) for m in object_shape)  # type: ignore[return-value]
-
-
-def window_starts(ycoords: np.ndarray, xcoords: np.ndarray, object_shape: tuple[int, int],
-                  probe_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer window starts ``(s_y, s_x)`` pty-chi uses for probe centres ``(ycoords, xcoords)``.
-
-    pty-chi snaps ``round(p) + O`` with ``p = c - O`` and starts the window at
-    ``round(snapped - (N-1)/2)`` (both roundings half to even); for even N that is
-    ``round(c - O) + O - (N-1)/2`` exactly.
-    """
-    starts = []
-    for coords, origin in zip((ycoords, xcoords), position_origin(object_shape)):
-        snapped = np.rint(np.asarray(coords, dtype=np.float64) - origin) + origin
-        starts.append(np.rint(snapped - (probe_size - 1) / 2.0).astype(np.int64))
-    return starts[0], starts[1]
 
 
 def counts_from_diffraction(diffraction: np.ndarray, amplitude_scale: float) -> np.ndarray:
@@ -523,10 +505,10 @@ def _cross_check_metadata(doc: dict, report: FileReport, insp: _Inspection) -> N
     origin = doc.get("position_origin")
     if insp.object_shape is not None and isinstance(origin, list) and len(origin) == 2:
         expected_origin = position_origin(insp.object_shape)
-        if [_number(v) for v in origin] != list(expected_origin):
+        if [_number(v) for v in origin] != expected_origin.tolist():
             report.error(f"{METADATA_KEY}/position_origin",
                          f"not round(M/2) - 0.5 of objectGuess {_shape_text(insp.object_shape)} "
-                         f"(expected {list(expected_origin)}, found {origin})")
+                         f"(expected {expected_origin.tolist()}, found {origin})")
 
 
 def _inspect(zf: zipfile.ZipFile, report: FileReport) -> _Inspection:
@@ -720,7 +702,7 @@ def _check_values(src: _Source, insp: _Inspection, report: FileReport, chunk_byt
 
     starts = None
     if insp.usable("xcoords", "ycoords") and insp.object_shape is not None and insp.frame is not None:
-        sy, sx = window_starts(small["ycoords"], small["xcoords"], insp.object_shape, insp.frame)
+        sy, sx = window_starts(np.stack([small["ycoords"], small["xcoords"]], axis=1), insp.object_shape, insp.frame).T
         rows, cols = insp.object_shape
         outside = (sy < 0) | (sx < 0) | (sy + insp.frame > rows) | (sx + insp.frame > cols)
         if outside.any():
@@ -843,20 +825,9 @@ def write_contract_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], m
     dtypes; ``metadata`` is stored as a 0-d unicode JSON string (never an object array).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     members = {key: np.ascontiguousarray(arrays[key], dtype=CONTRACT[key].dtype) for key in ARRAY_KEYS}
     members[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for key, value in members.items():
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                with zf.open(info, "w", force_zip64=value.nbytes > (1 << 30)) as stream:
-                    np.lib.format.write_array(stream, value, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_npz_atomic(path, members)
     return path
 
 
@@ -882,7 +853,7 @@ def example_arrays(n: int = 6, frame: int = 8, object_size: int = 20, dose: int 
     picks = rng.choice(len(grid), size=n, replace=len(grid) < n)
     p = np.array([grid[i] for i in picks], dtype=np.float64)
     ycoords, xcoords = p[:, 0] + origin[0], p[:, 1] + origin[1]
-    sy, sx = window_starts(ycoords, xcoords, shape, frame)
+    sy, sx = window_starts(np.stack([ycoords, xcoords], axis=1), shape, frame).T
     windows = np.stack([obj[a:a + frame, b:b + frame] for a, b in zip(sy, sx)])
     expected = np.abs(np.fft.fft2(probe * windows)) ** 2
     counts = np.fft.fftshift(rng.poisson(expected), axes=(-2, -1))
@@ -908,7 +879,7 @@ def example_arrays(n: int = 6, frame: int = 8, object_size: int = 20, dose: int 
         "selection": {"selection_strategy": "direct", "spacing_threshold": 0.0, "n_accepted": n,
                       "n_rejected": 0, "acceptance_rate": 1.0, "measured_overlap": None, "neighbours": 4},
         "object_pixel_size_m": 1e-8, "wavelength_m": 1.4e-10, "probe_diameter_px": frame / 2.0,
-        "position_origin": list(origin),
+        "position_origin": origin.tolist(),
     }
     return arrays, metadata
 

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 
 from .contract import read_contract_npz
 from .errors import EngineError
-from .physics import position_origin
+from .fileio import atomic_output
+from .geometry import position_origin
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,6 @@ def _last_loss(task: Any) -> float | None:
     return float(table["loss"].iloc[-1]) if len(table) else None
 
 
-def _replace_atomically(path: Path, write: Callable[[Any], None], binary: bool = True) -> Path:
-    """Write via a temporary file in the same folder, fsync, rename (a kill leaves old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_reconstruction_npz(path: str | os.PathLike, result: ReconstructionResult, metadata: dict) -> Path:
     """``reconstruction.npz``: object, probe, positions, losses and a JSON ``_metadata`` string."""
     arrays = {
@@ -216,7 +200,9 @@ def write_reconstruction_npz(path: str | os.PathLike, result: ReconstructionResu
         "loss_values": result.loss_values.astype(np.float64),
         "_metadata": np.array(json.dumps(metadata, sort_keys=True)),
     }
-    return _replace_atomically(Path(path), lambda handle: np.savez(handle, **arrays))
+    with atomic_output(path) as handle:
+        np.savez(handle, **arrays)
+    return Path(path)
 
 
 def write_losses_csv(path: str | os.PathLike, epochs: np.ndarray, values: np.ndarray) -> Path:
@@ -224,4 +210,6 @@ def write_losses_csv(path: str | os.PathLike, epochs: np.ndarray, values: np.nda
     buffer.write("epoch,loss\n")
     for epoch, value in zip(epochs, values):
         buffer.write(f"{int(epoch)},{float(value)!r}\n")
-    return _replace_atomically(Path(path), lambda handle: handle.write(buffer.getvalue()), binary=False)
+    with atomic_output(path, "w") as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)

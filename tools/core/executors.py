@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterable
 
 from .. import __version__
 from .errors import EngineError, ManifestError, StudyError
-from .jobs import MANIFEST_SCHEMA, load_manifest, options_hash, sha256_file, utc_now
+from .fileio import sha256_file
+from .jobs import MANIFEST_SCHEMA, load_manifest, options_hash, utc_now
 from .manifests import read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,14 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .. import __version__
 from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
 from .errors import ContractError, ManifestError, StudyError
+from .fileio import sha256_file
 from .manifests import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_roo
     if view == BASELINE_VIEW:
         return phase_c_root / dose_key(dose) / f"patched_{split}.npz"
     return phase_d_root / dose_key(dose) / view / f"{view}_{split}.npz"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def options_hash(job: dict) -> str:

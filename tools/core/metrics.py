@@ -37,6 +37,8 @@ from scipy import ndimage, optimize
 from scipy.signal.windows import tukey
 from skimage.registration import phase_cross_correlation
 
+from .geometry import window_starts
+
 # Standard MS-SSIM exponents (Wang, Simoncelli & Bovik 2003), finest scale first.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -74,29 +76,15 @@ class MetricSettings:
 # --------------------------------------------------------------------------- illuminated region
 
 
-def window_starts(xcoords: np.ndarray, ycoords: np.ndarray, probe_shape: tuple[int, int],
-                  object_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left (row, col) of the integer object window pty-chi 2.2 multiplies by the probe.
-
-    pty-chi position ``p = c - O`` with origin ``O = round(M/2) - 0.5``; it snaps the centre to
-    ``round(p) + O`` and starts the window at ``round(snapped - (N-1)/2)`` (round half to even,
-    like torch).
-    """
-    starts = []
-    for coords, size, m in ((ycoords, probe_shape[0], object_shape[0]), (xcoords, probe_shape[1], object_shape[1])):
-        origin = np.round(m / 2.0) - 0.5
-        snapped = np.round(np.asarray(coords, dtype=np.float64) - origin) + origin
-        starts.append(np.round(snapped - (size - 1) / 2.0).astype(np.int64))
-    return starts[0], starts[1]
-
-
 def illumination_map(probe: np.ndarray, xcoords: np.ndarray, ycoords: np.ndarray,
                      object_shape: tuple[int, int]) -> np.ndarray:
     """Sum of ``|probe|^2`` placed at every scan position (windows clipped to the object)."""
     intensity = np.abs(np.asarray(probe, dtype=np.complex128)) ** 2
     n_rows, n_cols = intensity.shape
     total = np.zeros(object_shape, dtype=np.float64)
-    rows, cols = window_starts(xcoords, ycoords, intensity.shape, object_shape)
+    if n_rows != n_cols:
+        raise ValueError(f"probe must be square (N x N), found {intensity.shape}")
+    rows, cols = window_starts(np.stack([ycoords, xcoords], axis=1), object_shape, n_rows).T
     for r, c in zip(rows.tolist(), cols.tolist()):
         r0, c0 = max(r, 0), max(c, 0)
         r1, c1 = min(r + n_rows, object_shape[0]), min(c + n_cols, object_shape[1])

@@ -25,6 +25,7 @@ import scipy.fft
 from scipy import ndimage
 
 from .errors import DesignError
+from .geometry import subpixel_residuals, window_starts
 
 #: Fraction of the probe intensity inside the circle whose diameter we call the probe diameter.
 ENCIRCLED_FRACTION = 0.9
@@ -35,27 +36,6 @@ PUPIL_EDGE_PX = 4.0
 # ----------------------------------------------------------------------------------------------
 # Position conventions
 # ----------------------------------------------------------------------------------------------
-def position_origin(object_shape: tuple[int, int]) -> np.ndarray:
-    """pty-chi's object origin ``O = round(M / 2) - 0.5`` per axis, as ``[O_y, O_x]``."""
-    return np.round(np.asarray(object_shape, dtype=np.float64) / 2.0) - 0.5
-
-
-def window_starts(coords_yx: np.ndarray, object_shape: tuple[int, int], n: int) -> np.ndarray:
-    """Integer start ``s`` of the N x N object window pty-chi uses for each probe centre.
-
-    ``s = round(round(c - O) + O - (N - 1) / 2)``; numpy's round is half-to-even like torch's.
-    """
-    origin = position_origin(object_shape)
-    p = np.asarray(coords_yx, dtype=np.float64) - origin
-    return np.round(np.round(p) + origin - (n - 1) / 2.0).astype(np.int64)
-
-
-def subpixel_residuals(coords_yx: np.ndarray, object_shape: tuple[int, int]) -> np.ndarray:
-    """Residual ``r = p - round(p)`` by which pty-chi Fourier-shifts the probe."""
-    p = np.asarray(coords_yx, dtype=np.float64) - position_origin(object_shape)
-    return p - np.round(p)
-
-
 def windows_inside(coords_yx: np.ndarray, object_shape: tuple[int, int], n: int, margin_px: float = 0.0) -> np.ndarray:
     """True where the whole N x N window (plus ``margin_px``) lies inside the object."""
     starts = window_starts(coords_yx, object_shape, n)

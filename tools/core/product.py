@@ -12,12 +12,13 @@ Layout (Ptychodus 1.7): root attributes ``name``, ``comments``, ``detector_objec
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from .fileio import atomic_path
 
 #: Earlier Ptychodus releases read the photon energy under this name; writing both costs nothing.
 LEGACY_PHOTON_ENERGY = "probe_energy_eV"
@@ -56,10 +57,7 @@ def write_product(
     px = float(meta.pixel_size_m)
     x_m = (np.asarray(positions_x_px, dtype=np.float64) - (width - 1) / 2.0) * px
     y_m = (np.asarray(positions_y_px, dtype=np.float64) - (height - 1) / 2.0) * px
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             h5.attrs["name"] = meta.name
             h5.attrs["comments"] = meta.comments
@@ -83,10 +81,4 @@ def write_product(
             h5.create_dataset("object_layer_spacing_m", data=np.zeros(obj3.shape[0] - 1, dtype=np.float64))
             h5.create_dataset("loss_epochs", data=np.asarray(loss_epochs, dtype=np.int64))
             h5.create_dataset("loss_values", data=np.asarray(loss_values, dtype=np.float64))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

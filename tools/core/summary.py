@@ -33,7 +33,8 @@ from .. import __version__
 from . import figures, metrics
 from .design import BASELINE_VIEW, SPLITS, StudyDesign, dose_key, load_design
 from .errors import ContractError, DesignError, ManifestError, StudyError
-from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, sha256_file
+from .fileio import sha256_file
+from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME
 from .manifests import read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)

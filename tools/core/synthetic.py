@@ -12,12 +12,8 @@ fsync'ed and renamed, so a kill never leaves half a file under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,55 +25,17 @@ from .. import __version__
 from . import manifests, overlap, physics
 from .design import BASELINE_VIEW, StudyDesign, dose_key, load_design
 from .errors import DesignError, ManifestError
+from .fileio import sha256_file, write_npz_atomic
+from .geometry import position_origin
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "gen-synthetic"
 INDEX_NAME = "dataset_index.json"
 INDEX_SCHEMA = "dataset_index"
-#: Fixed member timestamp (the earliest a zip can hold) so repeated runs give identical bytes.
-ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 #: Order of the arrays inside every NPZ.
 NPZ_KEYS = ("diffraction", "Y", "objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index", "_metadata")
 BATCH_SIZE = 256
-
-
-# ----------------------------------------------------------------------------------------------
-# Deterministic, atomic NPZ writing
-# ----------------------------------------------------------------------------------------------
-def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """Write ``arrays`` as an uncompressed NPZ at ``path`` atomically; return its sha256.
-
-    The bytes depend only on the arrays (fixed member order, timestamps and permissions).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as handle:
-            with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for key, value in arrays.items():
-                    info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE_TIME)
-                    info.compress_type = zipfile.ZIP_STORED
-                    info.external_attr = 0o644 << 16
-                    with zf.open(info, mode="w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.seek(0)
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    manifests._fsync_dir(path.parent)
-    return digest
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,7 +198,7 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseData, idx: 
         "object_pixel_size_m": design.object_pixel_size_m,
         "wavelength_m": design.wavelength_m,
         "probe_diameter_px": design.probe_diameter_px,
-        "position_origin": [float(v) for v in physics.position_origin(design.object_shape)],
+        "position_origin": [float(v) for v in position_origin(design.object_shape)],
     }
 
 
