@@ -1,0 +1,53 @@
+"""Conventions every tool shares: --help with an example, --version, usage errors exit 2."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from click.testing import CliRunner
+
+from tools import __version__
+
+TOOLS = {
+    "gen-synthetic": "tools.gen_synthetic",
+    "validate-npz": "tools.validate_npz",
+    "plan-jobs": "tools.plan_jobs",
+    "run-ptychi": "tools.run_ptychi",
+    "summarize": "tools.summarize",
+}
+
+
+def _cli(module: str):
+    return importlib.import_module(module).cli
+
+
+@pytest.mark.parametrize("name, module", sorted(TOOLS.items()))
+def test_help_has_summary_and_example(name, module):
+    """`--help` exits 0 with a one-line summary and an Example block naming the tool."""
+    result = CliRunner().invoke(_cli(module), ["--help"], prog_name=name)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"Usage: {name}")
+    summary = next(line for line in lines[1:] if line.strip())
+    assert len(summary.strip()) > 10
+    assert "Example" in result.output
+    example_lines = result.output.split("Example", 1)[1]
+    assert name in example_lines
+
+
+@pytest.mark.parametrize("name, module", sorted(TOOLS.items()))
+def test_version(name, module):
+    """`--version` prints the tool name and the package version."""
+    result = CliRunner().invoke(_cli(module), ["--version"], prog_name=name)
+    assert result.exit_code == 0
+    assert result.output.strip() == f"{name} {__version__}"
+
+
+@pytest.mark.parametrize("name, module", sorted(TOOLS.items()))
+def test_unknown_option_is_a_usage_error(name, module):
+    """An unknown flag is a usage error: exit 2, no traceback."""
+    result = CliRunner().invoke(_cli(module), ["--no-such-flag"], prog_name=name)
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+    assert "Traceback" not in result.output
