@@ -108,6 +108,18 @@ def test_shifted_phase_offset_copy_scores_perfect():
     assert not c.frc.crossed and c.metrics["frc"]["fraction_of_nyquist"] == 1.0
 
 
+def test_object_probe_scale_ambiguity_does_not_count_against_amplitude():
+    """A reconstruction scaled by 0.6 (probe scaled by 1/0.6 gives the same data) scores perfect."""
+    gt = band_limited_object(seed=6)
+    rec = exact_shift(gt, (0.2, -0.4)) * 0.6 * np.exp(0.3j)
+    xs, ys = raster()
+    c = m.compare(rec, gt, disc_probe(), xs, ys, SETTINGS)
+    # Noise-free: the least-squares factor is 1/0.6 to float precision; 1e-6 leaves room.
+    assert c.metrics["amplitude_scale_factor"] == pytest.approx(1 / 0.6, rel=1e-6)
+    assert c.metrics["amplitude"]["rmse"] < 1e-4
+    assert c.metrics["amplitude"]["ssim"] > 0.999
+
+
 def test_added_noise_lowers_every_score_monotonically():
     """More noise: RMSE up, PSNR/SSIM/MS-SSIM/correlation/mean FRC down, FRC resolution no better."""
     gt = band_limited_object(seed=1)

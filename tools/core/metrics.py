@@ -16,6 +16,10 @@ The comparison (:func:`compare`) follows DESIGN §9:
 3. **Phase.** Optional linear ramp removal (robust gradient estimate, then a least-squares plane
    fit of the wrapped phase difference over the mask), then the global phase offset
    ``angle(sum(rec * conj(gt)))`` over the mask.
+3b. **Amplitude scale.** Object and probe trade a global scale freely (``O * a`` with ``P / a``
+   gives the same data), so the amplitude is compared after the least-squares real factor
+   ``a = sum(|rec| |gt|) / sum(|rec|^2)`` over the mask; ``a`` is reported. Phase, the complex
+   correlation and the FRC do not depend on it.
 4. **Scores** over the mask. The reconstructed phase is unwrapped *relative to the ground truth*
    (``angle(gt) + angle(rec * conj(gt))``) so a 2 pi jump is never an error. PSNR uses the
    peak-to-peak of the ground truth over the mask as data range. SSIM is a Gaussian-window SSIM
@@ -166,6 +170,13 @@ def register(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray) -> tup
 def global_phase_offset(rec: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """The constant phase ``angle(sum(rec * conj(gt)))`` over the mask."""
     return float(np.angle(np.vdot(gt[mask], rec[mask])))
+
+
+def amplitude_scale_factor(rec: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """Least-squares real factor ``a`` minimising ``sum(|a |rec| - |gt||^2)`` over the mask."""
+    rec_amp, gt_amp = np.abs(rec[mask]), np.abs(gt[mask])
+    energy = float(np.sum(rec_amp * rec_amp))
+    return float(np.sum(rec_amp * gt_amp) / energy) if energy > 0 else 1.0
 
 
 def fit_phase_ramp(rec: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -433,6 +444,8 @@ def compare(rec: np.ndarray, gt: np.ndarray, probe: np.ndarray, xcoords: np.ndar
         aligned = apply_phase_ramp(aligned, ramp)
     offset = global_phase_offset(aligned, gt, mask)
     aligned = aligned * np.exp(-1j * offset)
+    scale = amplitude_scale_factor(aligned, gt, mask)
+    aligned = aligned * scale
 
     gt_phase = np.angle(gt)
     rec_phase = gt_phase + np.angle(aligned * np.conj(gt))  # unwrapped relative to the truth
@@ -443,6 +456,7 @@ def compare(rec: np.ndarray, gt: np.ndarray, probe: np.ndarray, xcoords: np.ndar
         "bounding_box": [box[0].start, box[0].stop, box[1].start, box[1].stop],
         "registration_shift_px": [shift[0], shift[1]],
         "phase_offset_rad": offset,
+        "amplitude_scale_factor": scale,
         "phase_ramp_rad_per_px": None if ramp is None else [ramp[0], ramp[1]],
         "phase": _image_scores(gt_phase, rec_phase, mask, settings.ms_ssim_sigma),
         "amplitude": _image_scores(np.abs(gt), np.abs(aligned), mask, settings.ms_ssim_sigma),

@@ -369,6 +369,7 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
                + (f", eroded {s['erode_px']} px" if s["erode_px"] else "")
                + "), after sub-pixel registration and removal of the global phase offset"
                + (" and a linear phase ramp" if s["remove_ramp"] else "")
+               + "; amplitude after the least-squares global scale (the object/probe scale ambiguity)"
                + f". SSIM / MS-SSIM: Gaussian window, sigma = {s['ms_ssim_sigma']:g} px. PSNR range: peak-to-peak of the "
                "ground truth. FRC: complex object, half-bit threshold; resolution = half-period at the first crossing.")
     out += ["", "## Per (dose, view), mean over splits", "", dose_view_table(summary), ""]
