@@ -29,7 +29,11 @@ NOW   := $(shell date -u +%Y-%m-%dT%H%M%SZ)
 # Optional pass-through flags: empty variables add nothing.
 PLAN_FILTERS := $(if $(VIEW),--view $(VIEW)) $(if $(SPLIT),--split $(SPLIT)) $(if $(EPOCHS),--num-epochs $(EPOCHS))
 RUN_FLAGS    := --device $(DEVICE) --workers $(WORKERS) $(if $(TIMEOUT),--timeout $(TIMEOUT))
-DOSE_DATA    := $(PHASE_C_ROOT)/dose_$(DOSE)/patched_train.npz
+# DOSE may list several doses: make real-run DOSE="1000 10000 100000".
+DOSE_DATA    := $(foreach d,$(DOSE),$(PHASE_C_ROOT)/dose_$(d)/patched_train.npz)
+DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(d))
+DOSE_DIRS    := $(foreach d,$(DOSE),$(PHASE_C_ROOT)/dose_$(d) $(PHASE_D_ROOT)/dose_$(d))
+DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
 .PHONY: help venv test dry-run real-run data doc-sync doc-check bench clean
 
@@ -64,17 +68,17 @@ dry-run: $(STAMP) ## Smoke design: generate, validate, plan, run-ptychi --dry-ru
 	) 2>&1 | tee $$log; \
 	echo "log: $$log"
 
-$(DOSE_DATA): $(DESIGN) | $(STAMP)
-	$(BIN)/gen-synthetic --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) --dose $(DOSE)
+$(PHASE_C_ROOT)/dose_%/patched_train.npz: $(DESIGN) | $(STAMP)
+	$(BIN)/gen-synthetic --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) --dose $*
 
-data: $(DOSE_DATA) ## Generate the study data of DOSE (only if missing or the design changed)
+data: $(DOSE_DATA) ## Generate the study data of DOSE (one or several; only if missing or the design changed)
 
 real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQML), summarize
-	@log=$(REPORTS)/$(NOW)/real_run/dose_$(DOSE)/run.log; mkdir -p $$(dirname $$log); \
+	@log=$(REPORTS)/$(NOW)/real_run/dose_$(DOSE_TAG)/run.log; mkdir -p $$(dirname $$log); \
 	set -o pipefail; ( \
-	  $(BIN)/validate-npz -q $(PHASE_C_ROOT)/dose_$(DOSE) $(PHASE_D_ROOT)/dose_$(DOSE) || exit $$?; \
+	  $(BIN)/validate-npz -q $(DOSE_DIRS) || exit $$?; \
 	  $(BIN)/plan-jobs --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) \
-	    --artifact-root $(ARTIFACT_ROOT) --dose $(DOSE) $(PLAN_FILTERS) || exit $$?; \
+	    --artifact-root $(ARTIFACT_ROOT) $(DOSE_FLAGS) $(PLAN_FILTERS) || exit $$?; \
 	  $(BIN)/run-ptychi --manifest $(ARTIFACT_ROOT)/reconstruction_manifest.json $(RUN_FLAGS); run_rc=$$?; \
 	  $(BIN)/summarize --artifact-root $(ARTIFACT_ROOT) || exit $$?; \
 	  exit $$run_rc; \

@@ -183,3 +183,21 @@ def test_results_follow_the_latest_summary_only_when_one_exists(repo):
     write_json(artifact / "summary" / "summary.json", doc, "summary")
     result = _run("check", "--root", str(repo), "--artifact-root", "tmp/study/phase_f")
     assert result.exit_code == 1 and doc_sync.RESULTS_PATH in result.output
+
+
+def test_write_publishes_the_sweep_figures_next_to_results(repo):
+    """With a summary, write copies the published figures to docs/figures/ and results.md links them."""
+    artifact = repo / "tmp" / "study" / "phase_f"
+    doc = _summary(repo, artifact)
+    doc["figures"] = [f"figures/{name}" for name in ("metrics_vs_dose.png", "loss_curves.png")]
+    write_json(artifact / "summary" / "summary.json", doc, "summary")
+    (artifact / "summary" / "figures").mkdir(parents=True)
+    for name in ("metrics_vs_dose.png", "loss_curves.png"):
+        (artifact / "summary" / "figures" / name).write_bytes(b"\x89PNG " + name.encode())
+    assert _run("write", "--root", str(repo)).exit_code == 0
+    published = repo / doc_sync.FIGURES_DIR
+    assert (published / "metrics_vs_dose.png").read_bytes() == b"\x89PNG metrics_vs_dose.png"
+    assert not (published / "loss_curves.png").exists()  # not in PUBLISHED_FIGURES
+    text = (repo / doc_sync.RESULTS_PATH).read_text()
+    assert "](figures/metrics_vs_dose.png)" in text and "loss_curves" not in text
+    assert _run("check", "--root", str(repo)).exit_code == 0

@@ -12,7 +12,8 @@ Generated, all under ``<root>/docs/``:
   counts); the rest of that file is written by hand.
 - ``cli.md``: each console script's ``--help`` (click's CliRunner, 100 columns).
 - ``results.md``: the latest sweep summary, from ``<artifact-root>/summary/summary.json`` when
-  it exists; otherwise the tracked file is left as it is (and not checked).
+  it exists, with the figures of PUBLISHED_FIGURES copied into ``docs/figures/`` (copied by
+  ``write``, not compared by ``check``); without a summary the tracked file is left as it is.
 
 The text is deterministic across machines: no timestamps, no absolute paths (paths inside the
 root are made relative), a fixed help width.
@@ -34,6 +35,7 @@ import click
 
 from ._cli import CONTEXT_SETTINGS, fail_on_study_error
 from .core.errors import StudyError
+from .core.fileio import atomic_output
 from .core.manifests import read_json, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,9 @@ INDEX_PATH = "docs/development/TEST_SUITE_INDEX.md"
 GUIDE_PATH = "docs/TESTING_GUIDE.md"
 CLI_PATH = "docs/cli.md"
 RESULTS_PATH = "docs/results.md"
+#: Figures of the latest sweep copied into docs/figures/ (binary: copied by write, not compared by check).
+PUBLISHED_FIGURES = ("metrics_vs_dose.png", "object_phase_train.png", "frc_curves.png")
+FIGURES_DIR = "docs/figures"
 BEGIN = "<!-- BEGIN GENERATED: commands (make doc-sync; do not edit inside) -->"
 END = "<!-- END GENERATED: commands -->"
 HELP_WIDTH = 100
@@ -216,11 +221,12 @@ def _relative_paths(text: str, root: Path) -> str:
 
 
 def render_results(summary: dict, root: Path, artifact_root: str) -> str:
-    """results.md from a summary document: tables, failures, skips, how to reproduce (no figures)."""
+    """results.md from a summary document: tables, failures, skips, how to reproduce, published figures."""
     from .core.summary import render_markdown
 
     doc = dict(summary)
-    doc["figures"] = []  # the PNGs live under the (untracked) artifact root
+    # Only the published figures, which `write` copies next to results.md (docs/figures/).
+    doc["figures"] = [f for f in summary.get("figures", []) if Path(f).name in PUBLISHED_FIGURES]
     text = render_markdown(doc, title="Results (latest sweep)", include_provenance=False)
     note = (f"{_GENERATED_NOTE} Source: `{artifact_root}/summary/summary.json` "
             f"(manifest sha256 {summary['provenance']['manifest_sha256'][:12]}, "
@@ -246,6 +252,19 @@ def generate(root: Path, artifact_root: str | Path) -> dict[str, str]:
         shown = _relative_paths(str(artifact_root), root)
         docs[RESULTS_PATH] = render_results(read_json(source, "summary"), root, shown)
     return docs
+
+
+def publish_figures(root: Path, artifact_root: str | Path) -> list[Path]:
+    """Copy the published figures of the latest sweep into docs/figures/ (atomically)."""
+    source_dir = summary_path(root, artifact_root).parent / "figures"
+    copied = []
+    for name in PUBLISHED_FIGURES:
+        source = source_dir / name
+        if source.is_file():
+            with atomic_output(root / FIGURES_DIR / name) as handle:
+                handle.write(source.read_bytes())
+            copied.append(root / FIGURES_DIR / name)
+    return copied
 
 
 def stale_docs(root: Path, docs: dict[str, str]) -> list[str]:
@@ -285,6 +304,8 @@ def write(root: str, artifact_root: str) -> None:
     changed = stale_docs(root_path, docs)
     for rel in changed:
         write_text_atomic(root_path / rel, docs[rel])
+    if RESULTS_PATH in docs:
+        publish_figures(root_path, artifact_root)
     if RESULTS_PATH not in docs:
         click.echo(f"no {summary_path(root_path, artifact_root)}: {RESULTS_PATH} left as it is", err=True)
     click.echo(f"{len(changed)} of {len(docs)} generated docs updated" + (f": {', '.join(changed)}" if changed else ""))

@@ -275,6 +275,43 @@ def test_frc_crossing_where_shared_content_ends():
     assert np.all(result.frc[result.frequency < 0.2] > 0.9)
 
 
+def test_frc_low_frequency_dip_is_not_a_resolution():
+    """A dip below half-bit only in the lowest rings (island phase offsets) is skipped, not the crossing."""
+    rng = np.random.default_rng(9)
+    size = 128
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.fftfreq(size)[None, :]
+    radius = np.hypot(fy, fx)
+    shared = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size))) * (radius <= 0.25)))
+    # Independent content only in the two lowest rings: there the images disagree.
+    low = (radius > 0) & (radius < 2.5 / size)
+
+    def image(seed: int) -> np.ndarray:
+        own = np.random.default_rng(seed).standard_normal((size, size))
+        # Independent white noise everywhere (as in the band-edge test) and strong independent
+        # content in the lowest rings.
+        return shared / shared.std() + 0.3 * own + 40 * np.real(np.fft.ifft2(np.fft.fft2(own) * low))
+
+    result = m.fourier_ring_correlation(image(1), image(2))
+    assert result.frc[0] < result.threshold[0]  # the dip is there ...
+    assert 0.42 < result.fraction_of_nyquist < 0.6  # ... and the crossing is still the band edge
+    never = m.fourier_ring_correlation(image(1), -image(1))  # FRC = -1 at every ring
+    assert never.crossed and never.crossing_frequency == never.frequency[0]  # never above: the first ring
+
+
+def test_frc_ignores_pixels_outside_the_weight():
+    """With the mask as weight, content outside the illuminated region does not lower the FRC."""
+    gt = band_limited_object(seed=10)
+    rec = gt.copy()
+    mask = np.zeros(gt.shape, bool)
+    mask[20:76, 20:76] = True
+    rec[~mask] = 1.0  # never reconstructed: flat, unlike the truth
+    unweighted = m.fourier_ring_correlation(rec, gt)
+    weighted = m.fourier_ring_correlation(rec, gt, mask.astype(float))
+    assert np.all(weighted.frc > 0.999)  # identical inside the weight
+    assert np.mean(unweighted.frc) < np.mean(weighted.frc) - 0.05
+
+
 def test_compare_refuses_mismatched_shapes_and_empty_masks():
     """Different shapes or no illuminated pixel are ValueErrors (summarize reports them per job)."""
     gt = band_limited_object()

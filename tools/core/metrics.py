@@ -26,8 +26,8 @@ The comparison (:func:`compare`) follows DESIGN §9:
    (sigma = ``ms_ssim_sigma``, truncated at 3.5 sigma like scikit-image) averaged over the mask
    eroded by the window radius, so pixels outside the mask never enter a window; MS-SSIM builds
    on it (:func:`ms_ssim`). The complex correlation is ``|<rec, gt>| / (||rec|| ||gt||)``.
-5. **FRC** of the complex images on the mask's bounding box (mean removed, separable Tukey
-   apodisation), rings one Fourier pixel wide, with the half-bit threshold; the first crossing
+5. **FRC** of the complex images on the mask's bounding box (weighted mean removed, weighted by
+   the softened mask times a separable Tukey window, so unilluminated pixels add nothing), rings one Fourier pixel wide, with the half-bit threshold; the first crossing
    gives the resolution.
 """
 
@@ -48,6 +48,7 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 SSIM_TRUNCATE = 3.5  # Gaussian window truncated at 3.5 sigma, as scikit-image does
 MS_SSIM_MIN_PIXELS = 16  # a scale is used only if its eroded mask keeps this many pixels
+FRC_MASK_SOFTEN_PX = 2.0  # sigma of the Gaussian that softens the mask used as FRC weight
 FRC_TUKEY_ALPHA = 0.25  # fraction of each bounding-box side tapered by the apodising window
 COARSE_UPSAMPLE = 20  # phase_cross_correlation grid: 1/20 px, refined afterwards
 
@@ -343,7 +344,7 @@ class FRCResult:
         return 1.0 / (2.0 * self.crossing_frequency) if self.crossing_frequency > 0 else math.inf
 
 
-def fourier_ring_correlation(a: np.ndarray, b: np.ndarray) -> FRCResult:
+def fourier_ring_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> FRCResult:
     """FRC of two same-shape (complex or real) images, with the half-bit crossing.
 
     Both images lose their weighted mean and are apodised by a separable Tukey window (a sharp
@@ -352,12 +353,16 @@ def fourier_ring_correlation(a: np.ndarray, b: np.ndarray) -> FRCResult:
     (up to Nyquist; ring 0, the DC term, is zero after mean removal and is left out).
     ``FRC_i = Re sum(A conj(B)) / sqrt(sum|A|^2 sum|B|^2)`` (the global phase is already removed,
     so the real part keeps a phase error an error). The crossing is the first ring where the FRC
-    falls below the half-bit threshold, interpolated linearly with the ring before it; with no
-    crossing the resolution is Nyquist.
+    falls below the half-bit threshold after having been above it (rings below it at the very
+    start are skipped; an FRC never above it crosses at the first ring), interpolated linearly
+    with the ring before it; with no crossing the resolution is Nyquist. ``weight`` (same shape, >= 0) multiplies the window: the
+    soft illuminated mask, so unilluminated pixels -- never reconstructed -- add no power.
     """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     window = _tukey2d(a.shape)
+    if weight is not None:
+        window = window * weight
     fa = np.fft.fft2(_apodised(np.asarray(a, np.complex128), window))
     fb = np.fft.fft2(_apodised(np.asarray(b, np.complex128), window))
     length = min(a.shape)
@@ -377,7 +382,12 @@ def fourier_ring_correlation(a: np.ndarray, b: np.ndarray) -> FRCResult:
     threshold = half_bit_threshold(np.maximum(n_pixels, 1).astype(np.float64))
     frequency = (np.arange(1, n_rings) + 0.5) / length
     result = FRCResult(frequency=frequency, frc=frc, threshold=threshold, n_pixels=n_pixels)
-    below = np.flatnonzero(frc < threshold)
+    # The crossing is where the FRC first falls below the threshold *after* having been above it:
+    # the lowest rings hold a handful of pixels (a high threshold) and, for weakly overlapping
+    # scans, the phase offsets between barely-linked islands -- a dip there is no resolution limit.
+    above = np.flatnonzero(frc >= threshold)
+    first_above = int(above[0]) if above.size else 0
+    below = np.flatnonzero(frc[first_above:] < threshold[first_above:]) + first_above
     if below.size:
         i = int(below[0])
         result.crossed = True
@@ -450,7 +460,9 @@ def compare(rec: np.ndarray, gt: np.ndarray, probe: np.ndarray, xcoords: np.ndar
     gt_phase = np.angle(gt)
     rec_phase = gt_phase + np.angle(aligned * np.conj(gt))  # unwrapped relative to the truth
     box = bounding_box(mask)
-    frc = fourier_ring_correlation(aligned[box], gt[box])
+    # Soft mask edge (Gaussian, FRC_MASK_SOFTEN_PX): a hard edge would correlate at every frequency.
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), FRC_MASK_SOFTEN_PX)[box]
+    frc = fourier_ring_correlation(aligned[box], gt[box], weight)
     metrics = {
         "mask_pixels": int(np.count_nonzero(mask)),
         "bounding_box": [box[0].start, box[0].stop, box[1].start, box[1].stop],
