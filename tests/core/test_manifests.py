@@ -70,3 +70,13 @@ def test_atomic_write_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
         write_text_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """Files written atomically are readable by others as umask allows, not 0600 like mkstemp's."""
+    old = os.umask(0o022)
+    try:
+        target = write_text_atomic(tmp_path / "x.json", "{}")
+        assert (target.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)

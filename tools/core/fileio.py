@@ -21,6 +21,13 @@ import numpy as np
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+def _current_umask() -> int:
+    """The process umask (reading it means setting it; the tools write from one thread)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every filesystem allows it)."""
     try:
@@ -43,6 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
