@@ -69,10 +69,10 @@ def _run(*args: str):
 
 
 def test_write_generates_index_guide_and_cli_then_check_passes(repo):
-    """write creates the index, splices the guide's block and the CLI reference; check then exits 0."""
+    """write creates the index, splices the guide's block, the CLI and schema references; check then exits 0."""
     result = _run("write", "--root", str(repo))
     assert result.exit_code == 0, result.output
-    assert "3 of 3 generated docs updated" in result.stdout
+    assert "4 of 4 generated docs updated" in result.stdout
     index = (repo / doc_sync.INDEX_PATH).read_text()
     assert "4 tests in 2 files (1 marked `slow`, 0 marked `gpu`)" in index
     assert "| `test_counts[1]` |  | Counts up to two \\| with a pipe. |" in index
@@ -86,8 +86,8 @@ def test_write_generates_index_guide_and_cli_then_check_passes(repo):
     assert "- `slow`: slow tests" in guide
     result = _run("check", "--root", str(repo))
     assert result.exit_code == 0, result.output
-    assert result.stdout == "3 generated docs up to date\n"
-    assert _run("write", "--root", str(repo)).stdout.startswith("0 of 3 generated docs updated")
+    assert result.stdout == "4 generated docs up to date\n"
+    assert _run("write", "--root", str(repo)).stdout.startswith("0 of 4 generated docs updated")
 
 
 def test_generated_docs_hold_no_machine_specific_text(repo, monkeypatch):
@@ -201,3 +201,28 @@ def test_write_publishes_the_sweep_figures_next_to_results(repo):
     text = (repo / doc_sync.RESULTS_PATH).read_text()
     assert "](figures/metrics_vs_dose.png)" in text and "loss_curves" not in text
     assert _run("check", "--root", str(repo)).exit_code == 0
+
+
+def test_schema_reference_follows_the_schemas(repo):
+    """docs/schemas.md lists each schema's fields with type and description; editing a schema makes it stale."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://x.invalid/schemas/thing.schema.json",
+        "description": "A thing.", "type": "object", "additionalProperties": False, "required": ["size"],
+        "properties": {
+            "size": {"type": "integer", "description": "How big."},
+            "mode": {"enum": ["a", "b"], "description": "Which one."},
+            "inner": {"type": "object", "properties": {"depth": {"type": "number", "description": "How deep."}}},
+        },
+    }
+    (repo / "schemas").mkdir()
+    (repo / "schemas" / "thing.schema.json").write_text(json.dumps(schema))
+    assert _run("write", "--root", str(repo)).exit_code == 0
+    text = (repo / doc_sync.SCHEMAS_PATH).read_text()
+    assert "## `thing.schema.json`" in text and "A thing." in text
+    assert "| `size` | integer | yes | How big. |" in text
+    assert '| `mode` | "a" \\| "b" |  | Which one. |' in text
+    assert "**inner**" in text and "| `depth` | number |  | How deep. |" in text
+    schema["properties"]["size"]["description"] = "How large."
+    (repo / "schemas" / "thing.schema.json").write_text(json.dumps(schema))
+    result = _run("check", "--root", str(repo))
+    assert result.exit_code == 1 and doc_sync.SCHEMAS_PATH in result.output

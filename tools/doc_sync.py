@@ -11,6 +11,7 @@ Generated, all under ``<root>/docs/``:
   markers (make targets from the Makefile's ``## comments``, markers from setup.cfg, test
   counts); the rest of that file is written by hand.
 - ``cli.md``: each console script's ``--help`` (click's CliRunner, 100 columns).
+- ``schemas.md``: every JSON schema under ``schemas/`` as tables of fields, types and descriptions.
 - ``results.md``: the latest sweep summary, from ``<artifact-root>/summary/summary.json`` when
   it exists, with the figures of PUBLISHED_FIGURES copied into ``docs/figures/`` (copied by
   ``write``, not compared by ``check``); without a summary the tracked file is left as it is.
@@ -44,6 +45,7 @@ INDEX_PATH = "docs/development/TEST_SUITE_INDEX.md"
 GUIDE_PATH = "docs/TESTING_GUIDE.md"
 CLI_PATH = "docs/cli.md"
 RESULTS_PATH = "docs/results.md"
+SCHEMAS_PATH = "docs/schemas.md"
 #: Figures of the latest sweep copied into docs/figures/ (binary: copied by write, not compared by check).
 PUBLISHED_FIGURES = ("metrics_vs_dose.png", "object_phase_train.png", "frc_curves.png")
 FIGURES_DIR = "docs/figures"
@@ -207,6 +209,61 @@ def render_cli() -> str:
 # --------------------------------------------------------------------------- results
 
 
+def _schema_type(spec: dict) -> str:
+    """A short type label of a schema node: ``integer``, ``"1.0"``, ``array of string``, ``→ selection``."""
+    if "$ref" in spec:
+        return "→ " + spec["$ref"].rsplit("/", 1)[-1]
+    if "const" in spec:
+        return json.dumps(spec["const"])
+    if "enum" in spec:
+        return " | ".join(json.dumps(v) for v in spec["enum"])
+    kind = spec.get("type", "any")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    if kind == "array" and isinstance(spec.get("items"), dict):
+        return f"array of {_schema_type(spec['items'])}"
+    return kind
+
+
+def _schema_table(node: dict) -> list[str]:
+    required = set(node.get("required", []))
+    rows = ["| field | type | required | description |", "|---|---|---|---|"]
+    for name, spec in node.get("properties", {}).items():
+        rows.append(f"| `{name}` | {_cell(_schema_type(spec))} | {'yes' if name in required else ''} | "
+                    f"{_cell(spec.get('description', ''))} |")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        rows.append(f"| *(any name)* | {_cell(_schema_type(extra))} |  | {_cell(extra.get('description', ''))} |")
+    return rows
+
+
+def _object_nodes(name: str, node: dict) -> list[tuple[str, dict]]:
+    """The node and every nested object with properties (depth first), named by their path."""
+    found = [(name, node)] if node.get("properties") else []
+    for key, spec in node.get("properties", {}).items():
+        for child in (spec, spec.get("items") if isinstance(spec.get("items"), dict) else None):
+            if isinstance(child, dict) and child.get("type") == "object":
+                found += _object_nodes(f"{name}.{key}" if name else key, child)
+    return found
+
+
+def render_schemas(root: Path) -> str:
+    """docs/schemas.md: each schema's fields, one table per object, from ``schemas/*.schema.json``."""
+    out = ["# JSON schemas", "", _GENERATED_NOTE, "",
+           "Every JSON file the tools exchange is validated against one of these on write and on read "
+           "(JSON Schema 2020-12; errors read `file: json/path: message`).", ""]
+    for path in sorted((root / "schemas").glob("*.schema.json")):
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        out += [f"## `{path.name}`", "", schema.get("description", ""), "", f"`$id`: `{schema['$id']}`", ""]
+        nodes = _object_nodes("", schema) + [
+            (f"$defs.{name}", spec) for name, spec in schema.get("$defs", {}).items()
+            for name, spec in _object_nodes(name, spec)]
+        for label, node in nodes:
+            if label:
+                out += [f"**{label}**", ""]
+            out += _schema_table(node) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
 def summary_path(root: Path, artifact_root: str | Path) -> Path:
     artifact = Path(artifact_root)
     return (artifact if artifact.is_absolute() else root / artifact) / "summary" / "summary.json"
@@ -247,6 +304,7 @@ def generate(root: Path, artifact_root: str | Path) -> dict[str, str]:
         raise StudyError(f"{guide}: not found (hand-written guide with the generated-section markers)")
     docs[GUIDE_PATH] = splice_guide(guide.read_text(encoding="utf-8"), render_commands(root, collected), GUIDE_PATH)
     docs[CLI_PATH] = render_cli()
+    docs[SCHEMAS_PATH] = render_schemas(root)
     source = summary_path(root, artifact_root)
     if source.is_file():
         shown = _relative_paths(str(artifact_root), root)

@@ -18,7 +18,7 @@ def test_every_schema_is_valid_2020_12_with_id_and_version():
     for name in names:
         schema = load_schema(name)
         assert schema["$schema"].endswith("2020-12/schema"), name
-        assert schema["$id"], name
+        assert schema["$id"] == f"https://dose-overlap-study.invalid/schemas/{name}.schema.json", name
         assert "const" in schema["properties"]["schema_version"], name
         assert schema.get("additionalProperties") is False, name
 
