@@ -14,6 +14,7 @@ EPOCHS        ?=
 DEVICE        ?= auto
 WORKERS       ?= 1
 TIMEOUT       ?=
+SCHEDULER     ?=
 REPORTS       ?= tmp/reports
 OUT           ?= tmp/study
 PHASE_C_ROOT  ?= $(OUT)/phase_c
@@ -28,7 +29,7 @@ NOW   := $(shell date -u +%Y-%m-%dT%H%M%SZ)
 
 # Optional pass-through flags: empty variables add nothing.
 PLAN_FILTERS := $(if $(VIEW),--view $(VIEW)) $(if $(SPLIT),--split $(SPLIT)) $(if $(EPOCHS),--num-epochs $(EPOCHS))
-RUN_FLAGS    := --device $(DEVICE) --workers $(WORKERS) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+RUN_FLAGS    := --device $(DEVICE) --workers $(WORKERS) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 # DOSE may list several doses: make real-run DOSE="1000 10000 100000".
 DOSE_DATA    := $(foreach d,$(DOSE),$(PHASE_C_ROOT)/dose_$(d)/patched_train.npz)
 DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(d))
@@ -43,7 +44,8 @@ help: ## List the targets (default)
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-10s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (override with VAR=value): DOSE=$(DOSE) VIEW=$(VIEW) SPLIT=$(SPLIT) EPOCHS=$(EPOCHS)"
-	@echo "  DEVICE=$(DEVICE) WORKERS=$(WORKERS) TIMEOUT=$(TIMEOUT) DESIGN=$(DESIGN) OUT=$(OUT) REPORTS=$(REPORTS)"
+	@echo "  DEVICE=$(DEVICE) WORKERS=$(WORKERS) TIMEOUT=$(TIMEOUT) SCHEDULER=$(SCHEDULER) DESIGN=$(DESIGN)"
+	@echo "  OUT=$(OUT) REPORTS=$(REPORTS)"
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,15 +1,24 @@
-"""run-ptychi: run a manifest's pty-chi reconstructions in isolated, resumable worker processes."""
+"""run-ptychi: run a manifest's pty-chi reconstructions in isolated, resumable worker processes (or on Dask)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 
 import click
 
-from ._cli import EXIT_JOBS_FAILED, CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
+from ._cli import CONTEXT_SETTINGS, EXIT_JOBS_FAILED, fail_on_study_error, verbose_option, version_option
 from .core.executors import run_manifest
+
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
+
+
+def _scheduler_address(ctx, param, value):
+    if value is not None and not SCHEDULER_ADDRESS.match(value):
+        raise click.BadParameter(f"{value!r}: expected tcp://HOST:PORT (or tls://HOST:PORT)")
+    return value
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -22,14 +31,17 @@ from .core.executors import run_manifest
               help="auto: CUDA when torch sees a GPU (each worker owns one), else CPU.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (each imports torch and ptychi once).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", callback=_scheduler_address,
+              help="Run the jobs on this Dask distributed scheduler's workers instead (artifact and input "
+                   "roots on a filesystem they share; excludes --workers > 1).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Kill and fail a job that runs longer than this.")
+              help="Kill and fail a job that runs longer than this (with --scheduler: cancel it, restart its worker).")
 @click.option("--force", is_flag=True, help="Redo jobs that already succeeded with the same input and options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")
 @verbose_option
 @version_option("run-ptychi")
 @fail_on_study_error
-def cli(manifest_path, dry_run, only, device, workers, timeout, force, as_json):
+def cli(manifest_path, dry_run, only, device, workers, scheduler, timeout, force, as_json):
     """Run the pty-chi reconstructions of a manifest, one isolated worker process per job slot.
 
     Each job's folder (<artifact-root>/dose_<d>/<view>/<split>/) gets ptychi.log (everything the
@@ -39,14 +51,22 @@ def cli(manifest_path, dry_run, only, device, workers, timeout, force, as_json):
     exception, crash or timeout fails that job only. Exit 0 all ok, 1 bad input, 2 usage,
     3 some job failed. Progress goes to stderr, one result line per job to stdout.
 
+    With --scheduler tcp://HOST:PORT the jobs run on a Dask distributed cluster (e.g. one started
+    by dask-jobqueue on Slurm/PBS); this process still writes every result.json and the manifest.
+    The workers must see the artifact and input roots at the same paths (a shared filesystem) and
+    run one thread each (dask worker --nthreads 1). An unreachable scheduler is exit 1.
+
     \b
     Example:
       run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --dry-run
       run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --workers 2
       run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --only dose_1000/dense/train
+      run-ptychi --manifest tmp/study/phase_f/reconstruction_manifest.json --scheduler tcp://head:8786
     """
+    if scheduler and workers > 1:
+        raise click.UsageError("--scheduler and --workers > 1 exclude each other (the Dask workers run the jobs)")
     report = run_manifest(manifest_path, only=only or None, device=device, workers=workers, timeout=timeout,
-                          force=force, dry_run=dry_run)
+                          force=force, dry_run=dry_run, scheduler=scheduler)
     summary = report.to_dict()
     if as_json:
         click.echo(json.dumps(summary, indent=2))

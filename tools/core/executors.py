@@ -7,7 +7,8 @@ extensions -- lands there. The parent alone writes ``result.json`` and the manif
 atomic), after every job. A job's exception is reported by its worker; a worker that dies
 (segfault, ``os._exit``, OOM kill) or outlives ``--timeout`` is that job's failure, and a fresh
 worker takes its place. Workers die with the parent (``PR_SET_PDEATHSIG``), so killing
-``run-ptychi`` leaves no stray reconstructions.
+``run-ptychi`` leaves no stray reconstructions. With ``--scheduler`` the same per-job function
+runs on a Dask cluster instead (:mod:`tools.core.dask_executor`), recorded the same way here.
 
 Fault injection (tests only): the environment variable ``RUN_PTYCHI_FAULT_INJECTION`` holds
 ``<job id>=<mode>`` pairs separated by commas; a worker honours it after loading that job's
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from .. import __version__
 from .errors import EngineError, ManifestError, StudyError
@@ -52,6 +53,12 @@ WORKER_START_FAILURES = 3  # workers dying before their first job: then give up 
 Echo = Callable[[str], None]
 
 
+class MessageSink(Protocol):
+    """Where a running job sends ``("progress", {...})`` messages: a worker's pipe, or a Dask event sender."""
+
+    def send(self, message: tuple[str, dict]) -> None: ...
+
+
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
@@ -66,6 +73,12 @@ def package_versions() -> dict:
 
     return {"python": platform.python_version(), "numpy": version("numpy") or "?",
             "torch": version("torch"), "ptychi": version("ptychi"), "tools": __version__}
+
+
+def progress_line(body: dict) -> str:
+    """The parent's stderr line for a job's progress message."""
+    loss = "n/a" if body["loss"] is None else format(body["loss"], ".6g")
+    return f"  {body['job_id']}: epoch {body['epochs']}/{body['num_epochs']}, loss {loss}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -178,7 +191,7 @@ def _worker_main(conn: Connection, index: int, device_request: str, threads: int
         conn.send(("done", run_job_in_worker(payload, device, label, conn)))
 
 
-def run_job_in_worker(payload: dict, device: str, label: str, conn: Connection | None = None) -> dict:
+def run_job_in_worker(payload: dict, device: str, label: str, conn: MessageSink | None = None) -> dict:
     """Run one job with its output captured in its log; never raises (the outcome is returned)."""
     from . import engine
     from .product import ProductMetadata, write_product
@@ -423,9 +436,14 @@ def run_manifest(
     timeout: float | None = None,
     force: bool = False,
     dry_run: bool = False,
+    scheduler: str | None = None,
     echo: Echo = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> RunReport:
-    """Run (or, with ``dry_run``, list) the selected jobs of a manifest; see the module docstring."""
+    """Run (or, with ``dry_run``, list) the selected jobs of a manifest; see the module docstring.
+
+    With ``scheduler`` (``tcp://host:port``) the jobs run on that Dask cluster instead of local
+    worker processes (:mod:`tools.core.dask_executor`); recording and resume are the same.
+    """
     wall_start = time.perf_counter()
     manifest_path = Path(manifest_path).resolve()
     manifest = load_manifest(manifest_path)
@@ -436,8 +454,16 @@ def run_manifest(
         return report
     if workers < 1:
         raise StudyError(f"--workers {workers}: must be >= 1")
+    if scheduler and workers > 1:
+        raise StudyError(f"--scheduler {scheduler} and --workers {workers} exclude each other "
+                         "(the Dask cluster's workers run the jobs)")
     lock = _lock(manifest_path.parent)
+    client = None
     try:
+        if scheduler:  # before anything is written: an unreachable scheduler is bad input
+            from .dask_executor import connect
+
+            client = connect(scheduler)
         recorder = _Recorder(manifest_path, manifest, report, echo)
         pending: list[tuple[dict, str]] = []
         for job in jobs:
@@ -447,11 +473,19 @@ def run_manifest(
                 recorder.record(job, opts_hash, {}, resumed=True, result=done)
             else:
                 pending.append((job, opts_hash))
-        if pending:
+        if pending and client is not None:
+            from .dask_executor import execute_on_scheduler
+
+            echo(f"run-ptychi: {len(pending)} job(s) to run, {len(jobs) - len(pending)} already done; "
+                 f"Dask scheduler {scheduler}, device {device}")
+            execute_on_scheduler(client, pending, manifest, recorder, device, timeout, echo)
+        elif pending:
             echo(f"run-ptychi: {len(pending)} job(s) to run, {len(jobs) - len(pending)} already done; "
                  f"{min(workers, len(pending))} worker(s), device {device}")
             _execute(pending, manifest, recorder, device, workers, timeout, echo)
     finally:
+        if client is not None:
+            client.close()
         lock.close()
     report.wall_s = time.perf_counter() - wall_start
     return report
@@ -530,8 +564,7 @@ def _execute(pending: list[tuple[dict, str]], manifest: dict, recorder: _Recorde
                     if kind == "ready":
                         worker.ready = True
                     elif kind == "progress":
-                        echo(f"  {body['job_id']}: epoch {body['epochs']}/{body['num_epochs']}, loss "
-                             f"{'n/a' if body['loss'] is None else format(body['loss'], '.6g')}")
+                        echo(progress_line(body))
                         continue
                     elif kind == "done":
                         job, opts_hash = worker.job["job"], worker.job["options_hash"]
