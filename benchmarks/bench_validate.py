@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.core import contract  # noqa: E402
+from tools.core.geometry import position_origin, window_starts  # noqa: E402
 
 FRAME = 64
 STEP = 4  # raster step in object pixels
@@ -46,13 +47,13 @@ def build(path: Path, n: int, seed: int = 0) -> None:
     size = side * STEP + FRAME + 2
     shape = (size, size)
     obj = (np.exp(1j * rng.uniform(-1, 1, shape)) * rng.uniform(0.5, 1, shape)).astype(np.complex64)
-    origin = contract.position_origin(shape)
+    origin = position_origin(shape)
     # Probe centres whose pty-chi positions are whole pixels; windows start at 1 + STEP * k.
     k = np.arange(n)
     starts_y, starts_x = 1 + STEP * (k // side), 1 + STEP * (k % side)
     ycoords = starts_y + (FRAME - 1) / 2.0
     xcoords = starts_x + (FRAME - 1) / 2.0
-    sy, sx = contract.window_starts(ycoords, xcoords, shape, FRAME)
+    sy, sx = window_starts(np.stack([ycoords, xcoords], axis=1), shape, FRAME).T
     assert (sy == starts_y).all() and (sx == starts_x).all()
     yy, xx = np.mgrid[:FRAME, :FRAME] - (FRAME - 1) / 2.0
     probe = np.exp(-(xx**2 + yy**2) / (2 * 8.0**2)).astype(np.complex128)
@@ -85,7 +86,7 @@ def build(path: Path, n: int, seed: int = 0) -> None:
         write_member(zf, "ycoords", np.dtype(np.float64), (n,), [ycoords])
         write_member(zf, "scan_index", np.dtype(np.int64), (n,), [k])
         _, meta = contract.example_arrays(n=2, frame=FRAME, object_size=FRAME + 8, dose=DOSE)
-        meta.update(n_images=n, amplitude_scale=scale, position_origin=list(origin),
+        meta.update(n_images=n, amplitude_scale=scale, position_origin=origin.tolist(),
                     expected_mean_counts=float(expected_totals.mean()), measured_mean_counts=float(totals.mean()))
         meta["selection"].update(n_accepted=n)
         zf.writestr(zipfile.ZipInfo("_metadata.npy", date_time=(1980, 1, 1, 0, 0, 0)),
@@ -105,9 +106,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=int(os.environ.get("BENCH_VALIDATE_N", 20000)),
                         help="patterns of 64 x 64 (default 20000, about 1 GB; env BENCH_VALIDATE_N)")
-    parser.add_argument("--keep", action="store_true", help="keep tmp/bench/validate_bench.npz")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark file")
+    parser.add_argument("--dir", type=Path, default=Path(__file__).resolve().parents[1] / "tmp" / "bench",
+                        help="folder for the benchmark file (default tmp/bench)")
     args = parser.parse_args()
-    path = Path(__file__).resolve().parents[1] / "tmp" / "bench" / "validate_bench.npz"
+    path = args.dir / "validate_bench.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     build(path, args.n)
