@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tools.core.contract import example_arrays
 from tools.core.design import load_design
+from tools.core.geometry import position_origin
 from tools.core.manifests import read_json, write_json
 from tools.core.summary import summarize
 from tools.summarize import cli
@@ -69,7 +72,11 @@ def _sha(path: Path) -> str:
 def _write_input(path: Path, gt: np.ndarray, dose: int, view: str, split: str) -> None:
     xs, ys = _positions(split, view)
     n = xs.size
-    meta = {"schema_version": "1.0", "generator": "test", "dose": dose, "view": view, "split": split, "n_images": n}
+    # A complete contract _metadata (summarize checks the input's headers and metadata).
+    meta = example_arrays()[1]
+    meta.update(dose=dose, view=view, split=split, n_images=n, amplitude_scale=math.sqrt(dose) / N,
+                position_origin=position_origin(gt.shape).tolist(),
+                selection={**meta["selection"], "n_accepted": n})
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, diffraction=np.zeros((n, N, N), np.float32), Y=np.zeros((n, N, N), np.complex64),
              objectGuess=gt.astype(np.complex64), probeGuess=_probe(), xcoords=xs, ycoords=ys,

@@ -782,14 +782,20 @@ def check_npz(path: str | os.PathLike, full: bool = True, *, chunk_bytes: int = 
     return report
 
 
-def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True) -> ContractData:
+def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True,
+                      keys: Iterable[str] | None = None) -> ContractData:
     """Load a contract NPZ safely (``allow_pickle=False``) after checking it.
 
     Headers and metadata are always checked first, so nothing is loaded from a file whose
     headers are wrong; with ``check_values`` the loaded arrays get the full value checks too.
+    ``keys`` loads only those arrays (``()``: the checked metadata alone, without reading any
+    array data); value checks need every array, so they go with ``keys=None`` only.
     Raises :class:`ContractError` with the first problem line. ``xcoords``/``ycoords`` are
     returned as float64 even when stored as float32 (a warning).
     """
+    wanted = ARRAY_KEYS if keys is None else tuple(keys)
+    if check_values and keys is not None:
+        raise ValueError("value checks need every array: use keys=None with check_values=True")
     report = FileReport(path=Path(path))
     try:
         zf = _open_zip(report.path, report)
@@ -803,7 +809,7 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True) -> 
     arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(report.path, allow_pickle=False) as npz:
-            for key in ARRAY_KEYS:
+            for key in wanted:
                 arrays[key] = npz[key]
     except Exception as exc:
         raise ContractError(f"{report.path}: {key}: cannot load ({type(exc).__name__}: {exc})") from None
@@ -812,7 +818,8 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True) -> 
         if report.errors:
             raise ContractError(report.lines()[0])
     for key in ("xcoords", "ycoords"):
-        arrays[key] = arrays[key].astype(np.float64, copy=False)
+        if key in arrays:
+            arrays[key] = arrays[key].astype(np.float64, copy=False)
     return ContractData(path=report.path, arrays=arrays, metadata=insp.metadata or {},
                         warnings=[p.line(report.path, warning=True) for p in report.warnings])
 

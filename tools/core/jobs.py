@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import __version__
 from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
+from .contract import read_contract_npz
 from .errors import ContractError, ManifestError, StudyError
 from .fileio import sha256_file
 from .manifests import read_json, write_json
@@ -59,27 +60,8 @@ def options_hash(job: dict) -> str:
 
 
 def read_npz_metadata(path: str | os.PathLike) -> dict:
-    """The ``_metadata`` JSON of a contract NPZ, read without loading the arrays (never pickle)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "_metadata" not in npz.files:
-                raise ContractError(f"{path}: _metadata: key missing")
-            raw = npz["_metadata"]
-    except ContractError:
-        raise
-    except ValueError as exc:  # object arrays refuse to load without pickle
-        raise ContractError(f"{path}: _metadata: cannot be read without pickle ({exc})") from exc
-    except (OSError, EOFError) as exc:
-        raise ContractError(f"{path}: not a readable NPZ file ({exc})") from exc
-    if raw.shape != () or raw.dtype.kind != "U":
-        raise ContractError(f"{path}: _metadata: expected a 0-d unicode string, got {raw.dtype} {raw.shape}")
-    try:
-        meta = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{path}: _metadata: not valid JSON ({exc.msg})") from exc
-    if not isinstance(meta, dict):
-        raise ContractError(f"{path}: _metadata: expected a JSON object")
-    return meta
+    """The ``_metadata`` of a contract NPZ after its header-only contract check (no array data read)."""
+    return read_contract_npz(path, check_values=False, keys=()).metadata
 
 
 def selection_figures(meta: dict, path: str | os.PathLike) -> dict:

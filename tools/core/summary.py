@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__
 from . import figures, metrics
 from .design import BASELINE_VIEW, SPLITS, StudyDesign, dose_key, load_design
+from .contract import read_contract_npz
 from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
 from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME
@@ -97,15 +98,9 @@ def _metadata(path: Path, raw: np.ndarray) -> dict:
 
 
 def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
-    """objectGuess, probeGuess, xcoords, ycoords (and _metadata) of a contract NPZ."""
-    arrays = _read_npz(path, {"objectGuess": "c", "probeGuess": "c", "xcoords": "fi", "ycoords": "fi", "_metadata": "U"})
-    _metadata(path, arrays["_metadata"])
-    for key in ("objectGuess", "probeGuess"):
-        if arrays[key].ndim != 2:
-            raise ContractError(f"{path}: {key}: expected 2-D, got shape {arrays[key].shape}")
-    if arrays["xcoords"].shape != arrays["ycoords"].shape or arrays["xcoords"].ndim != 1:
-        raise ContractError(f"{path}: xcoords/ycoords: shapes {arrays['xcoords'].shape} and {arrays['ycoords'].shape}")
-    return arrays
+    """objectGuess, probeGuess, xcoords, ycoords of a contract NPZ (headers and metadata checked)."""
+    data = read_contract_npz(path, check_values=False, keys=("objectGuess", "probeGuess", "xcoords", "ycoords"))
+    return {**data.arrays, "_metadata": data.metadata}
 
 
 def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
