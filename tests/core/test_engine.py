@@ -90,3 +90,26 @@ def test_lsqml_gets_closer_to_the_truth_than_its_flat_start(smoke_data):
 def test_position_origin_matches_ptychi_support_convention():
     """The engine's position origin is round(M / 2) - 0.5 per axis, as pty-chi's SUPPORT origin."""
     np.testing.assert_array_equal(position_origin((96, 97)), [47.5, 47.5])
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device")
+def test_lsqml_on_cuda_matches_the_cpu_run(smoke_data):
+    """The same 4-epoch LSQML job on CUDA and on the CPU: same loss curve and object, within float32 noise."""
+    path = smoke_data["phase_c_root"] / "dose_100000" / "patched_train.npz"
+    inputs = engine.load_inputs(path)
+    cpu = engine.reconstruct(inputs, "LSQML", 4, OPTIONS, device="cpu")
+    gpu = engine.reconstruct(inputs, "LSQML", 4, OPTIONS, device="cuda")
+    assert gpu.device.startswith("cuda:")
+    # Same seed and batches; float32 FFTs and reductions differ in order between devices, which
+    # moves the loss by ~1e-6 relative. 1e-3 catches a different frame, batch order or model.
+    np.testing.assert_allclose(gpu.loss_values, cpu.loss_values, rtol=1e-3)
+    mask = illuminated(inputs.probe, inputs.xcoords, inputs.ycoords, inputs.object_shape)
+    assert phase_rmse(gpu.object, cpu.object, mask) < 1e-2
