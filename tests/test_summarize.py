@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from tools.core.contract import example_arrays
 from tools.core.design import load_design
 from tools.core.geometry import position_origin
+from tools.core.jobs import options_hash
 from tools.core.manifests import read_json, write_json
 from tools.core.summary import summarize
 from tools.summarize import cli
@@ -94,7 +95,7 @@ def _result(job: dict, status: str, error: str | None) -> dict:
             "status": status, "returncode": 0 if status == "ok" else 1, "error": error, "device": "cpu", "wall_s": 1.5,
             "reconstruction_s": 1.2 if status == "ok" else None, "epochs": 4 if status == "ok" else 2,
             "final_loss": 0.5 if status == "ok" else None, "input_npz": job["input_npz"], "input_sha256": job["input_sha256"],
-            "options_hash": "0" * 64, "algorithm": "LSQML", "num_epochs": 4, "finished": "2026-01-01T00:00:00+00:00",
+            "options_hash": options_hash(job), "algorithm": "LSQML", "num_epochs": 4, "finished": "2026-01-01T00:00:00+00:00",
             "versions": {"python": "3", "numpy": "2", "torch": None, "ptychi": None, "tools": "0"}}
 
 
@@ -297,11 +298,24 @@ def test_missing_outputs_are_reported_not_fatal(sweep, tmp_path):
     assert s["counts"]["scored"] == 5 and s["counts"]["failed"] == 2 and s["counts"]["not_run"] == 1
 
 
+def test_result_of_other_options_is_not_scored(sweep, tmp_path):
+    """A result.json whose options hash differs from the planned job's (a replan) is unscored, not scored."""
+    root = _copy(sweep, tmp_path)
+    result_path = root / "dose_1000/baseline/train/result.json"
+    doc = json.loads(result_path.read_text())
+    doc["options_hash"] = "f" * 64
+    result_path.write_text(json.dumps(doc))
+    s = summarize(root, out_dir=tmp_path / "out", design_path=None).summary
+    assert _job(s, "dose_1000/baseline/train")["status"] == "unscored"
+    assert "other options" in _job(s, "dose_1000/baseline/train")["error"]
+
+
 @pytest.mark.parametrize("damage, message", [
     ("bad_json", "result.json: not valid JSON"),
     ("schema", "result.json: status: 'finished' is not one of"),
     ("pickle", "reconstruction.npz: cannot be read without pickle; refusing"),
     ("missing_key", "reconstruction.npz: object: key missing"),
+    ("truncated", "reconstruction.npz: not a readable NPZ file"),
     ("wrong_shape", "reconstruction.npz: object: shape (40, 40) differs from the ground truth (80, 80)"),
 ])
 def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
@@ -318,6 +332,9 @@ def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
         np.savez(folder / "reconstruction.npz", object=np.array([{"a": 1}], dtype=object))
     elif damage == "missing_key":
         np.savez(folder / "reconstruction.npz", probe=np.zeros((N, N), np.complex64))
+    elif damage == "truncated":
+        data = (folder / "reconstruction.npz").read_bytes()
+        (folder / "reconstruction.npz").write_bytes(data[: len(data) // 2])
     elif damage == "wrong_shape":
         with np.load(folder / "reconstruction.npz") as npz:
             arrays = dict(npz)

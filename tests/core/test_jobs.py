@@ -181,7 +181,7 @@ def test_overrides_change_the_options_hash(smoke_data, tmp_path):
 
 
 def test_replan_keeps_execution_results_of_jobs_still_planned(smoke_data, tmp_path):
-    """A replan keeps results of jobs still in the plan and drops the others."""
+    """A replan keeps results of jobs still planned with the same input and options, and drops the others."""
     art = tmp_path / "art"
     plan = write_plan(_plan(smoke_data, art, doses=[1000], views=["sparse"]))
     manifest = plan.manifest
@@ -196,6 +196,9 @@ def test_replan_keeps_execution_results_of_jobs_still_planned(smoke_data, tmp_pa
     replanned = write_plan(_plan(smoke_data, art, doses=[1000], views=["sparse"], splits=["train"]))
     kept = read_json(replanned.manifest_path, MANIFEST_SCHEMA)["execution_results"]
     assert [r["job_id"] for r in kept] == [job_id(1000, "sparse", "train")]
+    # Same job, other options: its old result no longer describes it and is dropped.
+    changed = write_plan(_plan(smoke_data, art, doses=[1000], views=["sparse"], splits=["train"], num_epochs=200))
+    assert read_json(changed.manifest_path, MANIFEST_SCHEMA)["execution_results"] == []
 
 
 def test_manifest_paths_must_stay_inside_their_roots(smoke_data, tmp_path):

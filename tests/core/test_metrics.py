@@ -120,6 +120,18 @@ def test_object_probe_scale_ambiguity_does_not_count_against_amplitude():
     assert c.metrics["amplitude"]["ssim"] > 0.999
 
 
+def test_zero_reconstruction_scores_badly():
+    """An all-zero object (a failed run) has no phase: it must not score the truth's phase."""
+    gt = band_limited_object(seed=12)
+    xs, ys = raster()
+    c = m.compare(np.zeros_like(gt), gt, disc_probe(), xs, ys, SETTINGS)
+    mask = m.illuminated_mask(disc_probe(), xs, ys, gt.shape, 0.1)
+    # Phase 0 everywhere against the truth's phase: the RMSE is the truth's own RMS phase.
+    assert c.metrics["phase"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.angle(gt[mask]) ** 2)), rel=1e-6)
+    assert c.metrics["phase"]["ssim"] < 0.1
+    assert c.metrics["complex_correlation"] == 0.0
+
+
 def test_added_noise_lowers_every_score_monotonically():
     """More noise: RMSE up, PSNR/SSIM/MS-SSIM/correlation/mean FRC down, FRC resolution no better."""
     gt = band_limited_object(seed=1)

@@ -261,16 +261,29 @@ def plan_jobs(
     return Plan(manifest, skip_summary, manifest_path, artifacts / SKIP_SUMMARY_NAME)
 
 
+def _same_work(old_job: dict | None, new_job: dict) -> bool:
+    """Whether a previously planned job would reconstruct exactly what the new one does."""
+    return (old_job is not None and old_job["input_sha256"] == new_job["input_sha256"]
+            and options_hash(old_job) == options_hash(new_job))
+
+
 def write_plan(plan: Plan) -> Plan:
-    """Write both documents (validated, atomic); keep execution_results of jobs still planned."""
+    """Write both documents (validated, atomic).
+
+    execution_results are kept only for jobs still planned with the same input and options: a
+    result of another algorithm, epoch count or input file must not pass for the new job's.
+    """
     if plan.manifest_path.exists():
         try:
             old = read_json(plan.manifest_path, MANIFEST_SCHEMA)
         except ManifestError as exc:
             log.warning("replacing an unreadable manifest: %s", exc)
         else:
-            planned = {job["id"] for job in plan.manifest["jobs"]}
-            plan.manifest["execution_results"] = [r for r in old["execution_results"] if r["job_id"] in planned]
+            old_jobs = {job["id"]: job for job in old["jobs"]}
+            planned = {job["id"]: job for job in plan.manifest["jobs"]}
+            plan.manifest["execution_results"] = [
+                r for r in old["execution_results"]
+                if r["job_id"] in planned and _same_work(old_jobs.get(r["job_id"]), planned[r["job_id"]])]
     write_json(plan.manifest_path, plan.manifest, MANIFEST_SCHEMA)
     write_json(plan.skip_summary_path, plan.skip_summary, SKIP_SUMMARY_SCHEMA)
     return plan

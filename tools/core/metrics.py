@@ -21,7 +21,7 @@ The comparison (:func:`compare`) follows DESIGN §9:
    ``a = sum(|rec| |gt|) / sum(|rec|^2)`` over the mask; ``a`` is reported. Phase, the complex
    correlation and the FRC do not depend on it.
 4. **Scores** over the mask. The reconstructed phase is unwrapped *relative to the ground truth*
-   (``angle(gt) + angle(rec * conj(gt))``) so a 2 pi jump is never an error. PSNR uses the
+   (``angle(rec)`` moved to the 2 pi branch nearest ``angle(gt)``) so a 2 pi jump is never an error. PSNR uses the
    peak-to-peak of the ground truth over the mask as data range. SSIM is a Gaussian-window SSIM
    (sigma = ``ms_ssim_sigma``, truncated at 3.5 sigma like scikit-image) averaged over the mask
    eroded by the window radius, so pixels outside the mask never enter a window; MS-SSIM builds
@@ -458,7 +458,10 @@ def compare(rec: np.ndarray, gt: np.ndarray, probe: np.ndarray, xcoords: np.ndar
     aligned = aligned * scale
 
     gt_phase = np.angle(gt)
-    rec_phase = gt_phase + np.angle(aligned * np.conj(gt))  # unwrapped relative to the truth
+    # The reconstruction's own phase, unwrapped to the 2 pi branch nearest the truth (a 2 pi jump
+    # is never an error; a zero pixel has phase 0 and counts as such, not as the truth's).
+    own_phase = np.angle(aligned)
+    rec_phase = own_phase + 2 * np.pi * np.round((gt_phase - own_phase) / (2 * np.pi))
     box = bounding_box(mask)
     # Soft mask edge (Gaussian, FRC_MASK_SOFTEN_PX): a hard edge would correlate at every frequency.
     weight = ndimage.gaussian_filter(mask.astype(np.float64), FRC_MASK_SOFTEN_PX)[box]

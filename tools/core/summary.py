@@ -21,6 +21,7 @@ import math
 import platform
 import shlex
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -35,7 +36,7 @@ from .design import BASELINE_VIEW, SPLITS, StudyDesign, dose_key, load_design
 from .contract import read_contract_npz
 from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
-from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME
+from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, options_hash
 from .manifests import read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _read_npz(path: Path, required: dict[str, str]) -> dict[str, np.ndarray]:
         raise
     except ValueError as exc:  # object arrays refuse to load without pickle
         raise ContractError(f"{path}: cannot be read without pickle; refusing ({exc})") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ContractError(f"{path}: not a readable NPZ file ({exc})") from exc
     return arrays
 
@@ -216,6 +217,9 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
     if result["input_sha256"] != job["input_sha256"]:
         return JobOutcome(job, "unscored", "result.json is for another input (input_sha256 differs from the manifest's); rerun",
                           result["returncode"], result)
+    if result["options_hash"] != options_hash(job):
+        return JobOutcome(job, "unscored", "result.json is for other options (algorithm, epochs or engine options "
+                          "changed since it ran); rerun run-ptychi", result["returncode"], result)
     recon_path = folder / "reconstruction.npz"
     if not recon_path.is_file():
         return JobOutcome(job, "unscored", f"reconstruction.npz missing in {job['id']}", result["returncode"], result)
