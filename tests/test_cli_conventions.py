@@ -51,3 +51,19 @@ def test_unknown_option_is_a_usage_error(name, module):
     assert result.exit_code == 2
     assert "No such option" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name, module, args", [
+    ("validate-npz", "tools.validate_npz", ["--report", "{blocker}/report.json", "{design}"]),
+    ("gen-synthetic", "tools.gen_synthetic", ["--design", "{design}", "--phase-c-root", "{blocker}/c",
+                                              "--phase-d-root", "{tmp}/d"]),
+])
+def test_an_unwritable_output_is_a_one_line_error(name, module, args, tmp_path, smoke_design_path):
+    """An output path under a regular file: exit 1 and one line naming the path, no traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv = [a.format(blocker=blocker, design=smoke_design_path, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(_cli(module), argv, prog_name=name)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.count("\n") <= 3
+    assert str(blocker) in result.output.splitlines()[-1]

@@ -57,8 +57,19 @@ class StudyClickException(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
 
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` for a file-system error (a folder that cannot be made, a full disk, ...)."""
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
+        return f"{exc.filename}: cannot create a folder there ({reason.lower()}; is a parent a file?)"
+    if exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {reason}"
+    return f"{reason}: {exc}"
+
+
 def fail_on_study_error(func):
-    """Turn a core :class:`StudyError` into a one-line click error (exit 1)."""
+    """Turn a core :class:`StudyError` or a file-system error into a one-line click error (exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -66,5 +77,7 @@ def fail_on_study_error(func):
             return func(*args, **kwargs)
         except StudyError as exc:
             raise StudyClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except OSError as exc:  # e.g. an output folder under a file, or no permission to write it
+            raise StudyClickException(os_error_line(exc)) from None
 
     return wrapper

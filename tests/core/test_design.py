@@ -87,3 +87,18 @@ def test_missing_and_malformed_design_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DesignError, match=r"bad.json: not valid JSON \(line 1"):
         load_design(bad)
+
+
+def test_design_hash_follows_the_files_it_names(study_design_path, tmp_path):
+    """A design naming a probe NPZ: changing that file changes the hash (data must be regenerated)."""
+    import numpy as np
+
+    raw = json.loads(study_design_path.read_text())
+    raw["probe"] = {"size": 64, "npz": "probe.npz", "nominal_diameter_px": 26.0}
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps(raw))
+    np.savez(tmp_path / "probe.npz", probeGuess=np.ones((64, 64), np.complex64))
+    before = load_design(path).design_hash
+    assert load_design(path).design_hash == before
+    np.savez(tmp_path / "probe.npz", probeGuess=np.full((64, 64), 1j, np.complex64))
+    assert load_design(path).design_hash != before

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DesignError
+from .fileio import sha256_file
 from .manifests import validation_errors
 
 SPLITS = ("train", "test")
@@ -104,8 +105,23 @@ class StudyDesign:
 
     @property
     def design_hash(self) -> str:
-        """sha256 of the canonical JSON of the design (key order and whitespace do not matter)."""
-        return hashlib.sha256(canonical_json(self.raw).encode()).hexdigest()
+        """sha256 of the canonical JSON of the design and of the files it names (probe NPZ, image).
+
+        Key order and whitespace do not matter; a changed measured probe or object image does.
+        """
+        digest = hashlib.sha256(canonical_json(self.raw).encode())
+        for relative in self.referenced_files():
+            digest.update(sha256_file(self.resolve(relative)).encode())
+        return digest.hexdigest()
+
+    def referenced_files(self) -> list[str]:
+        """Paths (as written in the design) of the files the design names."""
+        files = []
+        if "npz" in self.raw["probe"]:
+            files.append(self.raw["probe"]["npz"])
+        if self.raw["object"]["model"] == "image":
+            files.append(self.raw["object"]["image"])
+        return files
 
     def resolve(self, relative: str) -> Path:
         """A path named in the design, relative to the design file's folder."""
