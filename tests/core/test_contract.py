@@ -581,3 +581,15 @@ def test_find_npz_files(tmp_path, valid):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ContractError, match="no .npz files under this folder"):
         contract.find_npz_files([tmp_path / "empty"])
+
+
+def test_unshifted_diffraction_is_a_warning(tmp_path):
+    """Patterns with DC left in the corner (no fftshift) pass with a warning that fails --strict."""
+    arrays, meta = example_arrays(n=6, frame=16, object_size=40)
+    good = check_npz(write_contract_npz(tmp_path / "good.npz", arrays, meta))
+    assert good.ok and not good.warnings
+    arrays["diffraction"] = np.fft.ifftshift(arrays["diffraction"], axes=(-2, -1))
+    report = check_npz(write_contract_npz(tmp_path / "corner.npz", arrays, meta))
+    assert report.ok and not report.passes(strict=True)
+    assert [w.key for w in report.warnings] == ["diffraction"]
+    assert "DC looks unshifted" in report.warnings[0].message

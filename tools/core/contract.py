@@ -602,6 +602,7 @@ class _DiffractionStats:
     worst_at: str = ""
     too_large: int = 0
     total_counts: int = 0
+    pattern_sum: np.ndarray | None = None  # sum of diffraction^2 over patterns: where the DC sits
 
 
 def _scan_diffraction_chunk(start: int, chunk: np.ndarray, scale: float | None, st: _DiffractionStats) -> None:
@@ -619,6 +620,8 @@ def _scan_diffraction_chunk(start: int, chunk: np.ndarray, scale: float | None, 
         st.min_value, st.min_at = float(values.ravel()[low]), _index_text(low, chunk.shape, start)
     st.negative += int((values < 0).sum())
     st.sum_sq += float(np.vdot(values, values))  # vdot flattens: sum of squares
+    intensity = (values * values).sum(axis=0)
+    st.pattern_sum = intensity if st.pattern_sum is None else st.pattern_sum + intensity
     st.n_values += values.size
     st.max_value = max(st.max_value, float(values.max()))
     if st.integer_valued:
@@ -641,6 +644,23 @@ def _scan_diffraction_chunk(start: int, chunk: np.ndarray, scale: float | None, 
     st.total_counts += int(rounded.sum())
 
 
+def _dc_at_corners(total: np.ndarray) -> bool:
+    """True when the summed patterns hold more intensity in the four corner N/4 x N/4 blocks than
+    in the central N/2 x N/2 block: the signature of DC left in the corner (not fft-shifted).
+
+    Far-field patterns concentrate their intensity around DC (the probe's pupil, low object
+    frequencies), so DC-centred data put it in the central N/2 x N/2 block.
+    """
+    rows, cols = total.shape
+    qr, qc = rows // 4, cols // 4
+    if qr == 0 or qc == 0:
+        return False
+    centre = total[qr:rows - qr, qc:cols - qc].sum()
+    corners = (total[:qr, :qc].sum() + total[:qr, cols - qc:].sum()
+               + total[rows - qr:, :qc].sum() + total[rows - qr:, cols - qc:].sum())
+    return bool(corners > centre)
+
+
 def _report_diffraction(st: _DiffractionStats, scale: float | None, metadata: dict | None, n: int,
                         report: FileReport) -> None:
     key = "diffraction"
@@ -648,6 +668,9 @@ def _report_diffraction(st: _DiffractionStats, scale: float | None, metadata: di
         report.error(key, f"{st.nonfinite} non-finite values (expected all finite, found {st.first_nonfinite})")
     if st.negative:
         report.error(key, f"{st.negative} negative values (expected >= 0, found {st.min_value:.6g} at index {st.min_at})")
+    if st.pattern_sum is not None and _dc_at_corners(st.pattern_sum):
+        report.warn(key, "most intensity sits at the frame corners, not the centre: DC looks unshifted "
+                         "(expected DC-centred patterns, i.e. np.fft.fftshift applied)")
     mean_sq = st.sum_sq / st.n_values if st.n_values else 0.0
     if mean_sq > NORMALISED_MEAN_SQUARE_LIMIT:
         report.error(key, f"looks like unnormalised intensity, not amplitude / amplitude_scale (expected "
