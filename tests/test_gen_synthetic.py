@@ -213,3 +213,13 @@ def test_console_script_runs(smoke_design_path, tmp_path, repo_root):
                           capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "phase_c/dose_1000/patched_train.npz" in proc.stdout
+
+
+def test_one_folder_for_both_roots_is_refused(smoke_design_path, tmp_path):
+    """The two roots each hold a dataset_index.json: the same folder for both is a one-line error."""
+    same = tmp_path / "data"
+    result = CliRunner().invoke(cli, ["--design", str(smoke_design_path), "--phase-c-root", str(same),
+                                      "--phase-d-root", str(same)])
+    assert result.exit_code == 1
+    assert "--phase-c-root and --phase-d-root must be different folders" in result.output
+    assert not same.exists()

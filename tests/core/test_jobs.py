@@ -14,6 +14,7 @@ from tools.core.jobs import (
     SKIP_SUMMARY_SCHEMA,
     job_id,
     load_manifest,
+    lock_artifact_root,
     options_hash,
     plan_jobs,
     read_npz_metadata,
@@ -214,3 +215,28 @@ def test_manifest_paths_must_stay_inside_their_roots(smoke_data, tmp_path):
     write_json(plan.manifest_path, manifest, MANIFEST_SCHEMA)
     with pytest.raises(StudyError, match=r"jobs/0/input_npz: /etc/passwd is outside "):
         load_manifest(plan.manifest_path)
+
+
+def test_manifest_commands_must_be_their_own_run_ptychi_call(smoke_data, tmp_path):
+    """A job whose command is not `run-ptychi --manifest <this> --only <id>` is rejected (dry runs print it)."""
+    plan = write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"]))
+    manifest = plan.manifest
+    assert load_manifest(plan.manifest_path)["jobs"][0]["command"][-1] == manifest["jobs"][0]["id"]
+    manifest["jobs"][0]["command"] = ["rm", "-rf", "/"]
+    write_json(plan.manifest_path, manifest, MANIFEST_SCHEMA)
+    with pytest.raises(StudyError, match=r"jobs/0/command: not the run-ptychi call of this job \(expected run-ptychi "):
+        load_manifest(plan.manifest_path)
+
+
+def test_replanning_waits_for_no_run(smoke_data, tmp_path):
+    """While a run holds the artifact root's lock, a replan is refused and the manifest is untouched."""
+    plan = write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"]))
+    before = plan.manifest_path.read_bytes()
+    held = lock_artifact_root(plan.manifest_path.parent, "busy")
+    try:
+        with pytest.raises(StudyError, match="run-ptychi is running on this artifact root"):
+            write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"], splits=["train"]))
+        assert plan.manifest_path.read_bytes() == before
+    finally:
+        held.close()
+    write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"], splits=["train"]))

@@ -19,7 +19,6 @@ input. Modes: ``raise`` (RuntimeError), ``exit`` (``os._exit(13)``), ``segfault`
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterable, Protocol
 from .. import __version__
 from .errors import EngineError, ManifestError, StudyError
 from .fileio import sha256_file
-from .jobs import MANIFEST_SCHEMA, load_manifest, options_hash, utc_now
+from .jobs import MANIFEST_SCHEMA, load_manifest, lock_artifact_root, options_hash, utc_now
 from .manifests import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ FAULT_ENV = "RUN_PTYCHI_FAULT_INJECTION"
 FAULT_MODES = ("raise", "exit", "segfault", "hang")
 RESULT_SCHEMA = "job_result"
 OUTPUT_FILES = ("reconstruction.npz", "losses.csv", "product.h5")
-LOCK_NAME = ".run-ptychi.lock"
 WORKER_START_FAILURES = 3  # workers dying before their first job: then give up (exit 1)
 
 Echo = Callable[[str], None]
@@ -416,17 +414,6 @@ class _Recorder:
             self.echo(f"[{result['status']}] {job['id']}: {result['error']} (log: {entry['log_path']})")
 
 
-def _lock(artifact_root: Path):
-    """One run-ptychi per artifact root at a time (the lock dies with the process)."""
-    handle = open(artifact_root / LOCK_NAME, "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StudyError(f"{artifact_root}: another run-ptychi is running on this artifact root") from None
-    return handle
-
-
 def run_manifest(
     manifest_path: str | os.PathLike,
     *,
@@ -457,7 +444,7 @@ def run_manifest(
     if scheduler and workers > 1:
         raise StudyError(f"--scheduler {scheduler} and --workers {workers} exclude each other "
                          "(the Dask cluster's workers run the jobs)")
-    lock = _lock(manifest_path.parent)
+    lock = lock_artifact_root(manifest_path.parent, "another run-ptychi is running on this artifact root")
     client = None
     try:
         if scheduler:  # before anything is written: an unreachable scheduler is bad input

@@ -8,16 +8,15 @@ does not forget what already ran. Nothing here imports torch or pty-chi.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Sequence
 
-import numpy as np
 
 from .. import __version__
 from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
@@ -29,6 +28,7 @@ from .manifests import read_json, write_json
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "reconstruction_manifest.json"
+LOCK_NAME = ".run-ptychi.lock"
 SKIP_SUMMARY_NAME = "skip_summary.json"
 MANIFEST_SCHEMA = "reconstruction_manifest"
 SKIP_SUMMARY_SCHEMA = "skip_summary"
@@ -267,12 +267,35 @@ def _same_work(old_job: dict | None, new_job: dict) -> bool:
             and options_hash(old_job) == options_hash(new_job))
 
 
+def lock_artifact_root(artifact_root: Path, busy: str) -> IO:
+    """Hold the artifact root's lock (released when the handle closes or the process dies).
+
+    run-ptychi holds it for a whole run and plan-jobs while it rewrites the manifest, so a replan
+    can never interleave with a run's write-backs. ``busy`` is the message when it is taken.
+    """
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    handle = open(artifact_root / LOCK_NAME, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StudyError(f"{artifact_root}: {busy}") from None
+    return handle
+
+
 def write_plan(plan: Plan) -> Plan:
     """Write both documents (validated, atomic).
 
     execution_results are kept only for jobs still planned with the same input and options: a
     result of another algorithm, epoch count or input file must not pass for the new job's.
     """
+    with lock_artifact_root(plan.manifest_path.parent, "run-ptychi is running on this artifact root; "
+                            "plan again when it has finished (or plan into another --artifact-root)"):
+        _write_plan_locked(plan)
+    return plan
+
+
+def _write_plan_locked(plan: Plan) -> None:
     if plan.manifest_path.exists():
         try:
             old = read_json(plan.manifest_path, MANIFEST_SCHEMA)
@@ -286,16 +309,20 @@ def write_plan(plan: Plan) -> Plan:
                 if r["job_id"] in planned and _same_work(old_jobs.get(r["job_id"]), planned[r["job_id"]])]
     write_json(plan.manifest_path, plan.manifest, MANIFEST_SCHEMA)
     write_json(plan.skip_summary_path, plan.skip_summary, SKIP_SUMMARY_SCHEMA)
-    return plan
 
 
-def load_manifest(path: str | os.PathLike) -> dict:
-    """Read a manifest and check that every path in it stays inside its roots."""
-    path = Path(path).resolve()
-    manifest = read_json(path, MANIFEST_SCHEMA)
+def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bool = True) -> dict:
+    """Check that job ids match their fields, inputs stay inside their phase roots and each job's
+    command is exactly the ``run-ptychi`` call plan-jobs writes (a manifest can only point inside
+    its own roots and can make run-ptychi print nothing but its own command).
+
+    ``at_its_artifact_root`` also requires the manifest to sit in its planned artifact root with
+    the job folders under it (run-ptychi writes there); summarize, which may read a copied sweep,
+    skips that part.
+    """
     prov = manifest["provenance"]
     artifacts = Path(prov["artifact_root"])
-    if path.parent != artifacts.resolve():
+    if at_its_artifact_root and path.parent != artifacts.resolve():
         raise ManifestError(f"{path}: provenance/artifact_root: {artifacts} is not the manifest's folder {path.parent}")
     roots = {BASELINE_VIEW: Path(prov["phase_c_root"]), "view": Path(prov["phase_d_root"])}
     seen: set[str] = set()
@@ -308,7 +335,19 @@ def load_manifest(path: str | os.PathLike) -> dict:
         root = roots[BASELINE_VIEW] if job["view"] == BASELINE_VIEW else roots["view"]
         if not Path(job["input_npz"]).is_absolute() or not _inside(Path(job["input_npz"]), root):
             raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is outside {root}")
+        expected_command = run_command(artifacts / MANIFEST_NAME, job["id"])
+        if job["command"] != expected_command:
+            raise ManifestError(f"{path}: jobs/{i}/command: not the run-ptychi call of this job "
+                                f"(expected {' '.join(expected_command)})")
+        if not at_its_artifact_root:
+            continue
         out = Path(job["output_dir"])
         if not out.is_absolute() or out.resolve() != (artifacts / job["id"]).resolve():
             raise ManifestError(f"{path}: jobs/{i}/output_dir: {out} is not {artifacts / job['id']}")
     return manifest
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read a manifest run-ptychi may execute: schema, ids, roots, commands and job folders checked."""
+    path = Path(path).resolve()
+    return check_manifest_paths(read_json(path, MANIFEST_SCHEMA), path)

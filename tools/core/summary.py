@@ -32,11 +32,11 @@ import numpy as np
 
 from .. import __version__
 from . import figures, metrics
-from .design import BASELINE_VIEW, SPLITS, StudyDesign, dose_key, load_design
+from .design import BASELINE_VIEW, SPLITS, StudyDesign, load_design
 from .contract import read_contract_npz
 from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
-from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, options_hash
+from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, check_manifest_paths, job_id, options_hash
 from .manifests import read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -115,21 +115,6 @@ def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, 
     if not np.all(np.isfinite(arrays["object"])):
         raise ContractError(f"{path}: object: holds NaN or inf")
     return arrays
-
-
-def _job_key(dose: int, view: str, split: str) -> str:
-    return f"{dose_key(dose)}/{view}/{split}"
-
-
-def _check_manifest(manifest: dict, path: Path) -> None:
-    """Job ids must match their fields and be unique (they name the job folders)."""
-    seen = set()
-    for i, job in enumerate(manifest["jobs"]):
-        if job["id"] != _job_key(job["dose"], job["view"], job["split"]):
-            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split")
-        if job["id"] in seen:
-            raise ManifestError(f"{path}: jobs/{i}/id: duplicate job {job['id']}")
-        seen.add(job["id"])
 
 
 def _load_settings(manifest: dict, design_path: Path | None, remove_ramp: bool, erode_px: int,
@@ -387,7 +372,7 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
         out += ["", "Not run yet: " + ", ".join(f"`{j}`" for j in summary["not_run"]) + "."]
     out += ["", "## Skipped", ""]
     if summary["skips"]:
-        out += [f"- `{_job_key(k['dose'], k['view'], k['split'])}`: {k['reason']}" for k in summary["skips"]]
+        out += [f"- `{job_id(k['dose'], k['view'], k['split'])}`: {k['reason']}" for k in summary["skips"]]
     else:
         out.append("None.")
     if summary["notes"]:
@@ -525,7 +510,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     if not manifest_path.is_file():
         raise StudyError(f"{root}: no {MANIFEST_NAME}: not an artifact root (run plan-jobs first)")
     manifest = read_json(manifest_path, "reconstruction_manifest")
-    _check_manifest(manifest, manifest_path)
+    check_manifest_paths(manifest, manifest_path.resolve(), at_its_artifact_root=False)
     skip_doc = None
     if (root / SKIP_SUMMARY_NAME).exists():
         skip_doc = read_json(root / SKIP_SUMMARY_NAME, "skip_summary")

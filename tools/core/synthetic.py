@@ -357,6 +357,9 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
     for kind, root in roots.items():
         if root.exists() and not root.is_dir():
             raise DesignError(f"{root}: --{kind.replace('_', '-')}-root is a file, expected a folder")
+    if roots["phase_c"] == roots["phase_d"]:
+        # Each root holds its own dataset_index.json: one folder for both would overwrite it.
+        raise DesignError(f"{roots['phase_c']}: --phase-c-root and --phase-d-root must be different folders")
     geometry = build_geometry(design)
     indexes = {kind: read_index(root / INDEX_NAME) for kind, root in roots.items()}
 
