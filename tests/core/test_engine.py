@@ -87,9 +87,18 @@ def test_lsqml_gets_closer_to_the_truth_than_its_flat_start(smoke_data):
     assert result.reconstruction_s > 0
 
 
-def test_position_origin_matches_ptychi_support_convention():
-    """The engine's position origin is round(M / 2) - 0.5 per axis, as pty-chi's SUPPORT origin."""
-    np.testing.assert_array_equal(position_origin((96, 97)), [47.5, 47.5])
+@pytest.mark.parametrize("shape", [(96, 97), (95, 64), (40, 41)])
+def test_position_origin_matches_ptychi_support_convention(shape):
+    """Our position origin equals the pos_origin_coords pty-chi itself builds for an object of that shape."""
+    from ptychi.api.task import PtychographyTask
+
+    options = engine.build_options("LSQML", 1, OPTIONS, "cpu")
+    n = 8
+    task = PtychographyTask(options, diffraction_data=np.ones((1, n, n), np.float32),
+                            object_data=np.ones((1, *shape), np.complex64),
+                            probe_data=np.ones((1, 1, n, n), np.complex64),
+                            probe_position_x_px=np.zeros(1), probe_position_y_px=np.zeros(1))
+    np.testing.assert_array_equal(task.object.pos_origin_coords.cpu().numpy(), position_origin(shape))
 
 
 def _cuda_available() -> bool:

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .fileio import atomic_output
+
 DPI = 110
 SPLIT_STYLES = {"train": "-", "test": "--"}
 PNG_METADATA = {"Software": None}  # keep the matplotlib version out of the file
@@ -47,9 +49,9 @@ class CurveJob:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, metadata=PNG_METADATA)
+    with atomic_output(path) as handle:  # a kill never leaves half a PNG
+        fig.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
     return path
 
 

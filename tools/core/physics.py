@@ -374,19 +374,6 @@ class ForwardModel:
             yield sl, self.intensities(coords_yx[sl])
 
 
-def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Poisson draws of the expected intensities (the noise *is* the draw, never added on top)."""
-    return rng.poisson(expected.astype(np.float64, copy=False)).astype(np.int64, copy=False)
-
-
-def noise_rng(simulation_seed: int, dose: int) -> np.random.Generator:
-    """The independent Poisson stream of one dose: ``default_rng([simulation_seed, 3, dose])``.
-
-    Streams of the simulation seed: 1 object, 2 scan jitter, ``[3, dose]`` the noise of a dose.
-    """
-    return np.random.default_rng([int(simulation_seed), 3, int(dose)])
-
-
 def amplitude_scale(dose: int, n: int) -> float:
     """``sqrt(dose) / N``: diffraction = sqrt(counts) / amplitude_scale, so sum(d^2)/N^2 ~ T."""
     return math.sqrt(float(dose)) / n

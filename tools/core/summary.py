@@ -355,7 +355,12 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
                + (" and a linear phase ramp" if s["remove_ramp"] else "")
                + "; amplitude after the least-squares global scale (the object/probe scale ambiguity)"
                + f". SSIM / MS-SSIM: Gaussian window, sigma = {s['ms_ssim_sigma']:g} px. PSNR range: peak-to-peak of the "
-               "ground truth. FRC: complex object, half-bit threshold; resolution = half-period at the first crossing.")
+               "ground truth. FRC: complex object against the (noise-free) ground truth, half-bit threshold; "
+               "resolution = half-period at the first crossing from above.")
+    out.append("")
+    out.append("Every reconstruction starts from a flat object and the true probe (`probeGuess`, refined when the "
+               "design says so) at the exact scan positions (not refined): the baseline measures the algorithm "
+               "against dose and overlap, not its robustness to a wrong probe or positions.")
     out += ["", "## Per (dose, view), mean over splits", "", dose_view_table(summary), ""]
     lines = comparison_lines(summary)
     if lines:
