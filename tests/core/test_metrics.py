@@ -130,6 +130,7 @@ def test_zero_reconstruction_scores_badly():
     assert c.metrics["phase"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.angle(gt[mask]) ** 2)), rel=1e-6)
     assert c.metrics["phase"]["ssim"] < 0.1
     assert c.metrics["complex_correlation"] == 0.0
+    assert c.metrics["registration_shift_px"] == [0.0, 0.0]  # nothing to register against
 
 
 def test_added_noise_lowers_every_score_monotonically():

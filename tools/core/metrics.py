@@ -139,8 +139,15 @@ def _tukey2d(shape: tuple[int, int]) -> np.ndarray:
 
 
 def register(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Sub-pixel (rows, cols) shift that, applied to ``moving``, aligns it with ``reference``."""
+    """Sub-pixel (rows, cols) shift that, applied to ``moving``, aligns it with ``reference``.
+
+    A ``moving`` image with no structure over the mask (constant, e.g. all zero) has nothing to
+    register: the shift is (0, 0).
+    """
     box = bounding_box(mask)
+    values = np.asarray(moving)[mask]
+    if values.size == 0 or np.ptp(values.real) == 0 and np.ptp(values.imag) == 0:
+        return 0.0, 0.0
     window = _tukey2d(mask[box].shape)
     coarse, _, _ = phase_cross_correlation(
         _apodised(np.asarray(reference[box], np.complex128), window),
