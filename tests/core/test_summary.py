@@ -88,13 +88,15 @@ def test_fmt_uses_four_significant_digits():
 
 
 def test_reproduce_commands_carry_filters_and_quote_paths():
-    """gen-synthetic / plan-jobs / run-ptychi / summarize with the plan's filters, shell-quoted."""
+    """gen-synthetic / plan-jobs / run-ptychi / summarize with the plan's filters and epochs, shell-quoted."""
     manifest = {"provenance": {"design": "/d/my design.json", "phase_c_root": "/o/c", "phase_d_root": "/o/d",
                                "artifact_root": "/o/f", "allow_missing_phase_d": True,
-                               "filters": {"doses": [1000], "views": ["dense"], "splits": None}}}
+                               "filters": {"doses": [1000], "views": ["dense"], "splits": None}},
+                "jobs": [{"algorithm": "LSQML", "num_epochs": 20}]}
     commands = s.reproduce_commands(manifest, "tmp/f", remove_ramp=True)
     assert shlex.split(commands[0]) == ["gen-synthetic", "--design", "/d/my design.json", "--phase-c-root", "/o/c",
                                         "--phase-d-root", "/o/d", "--dose", "1000"]
-    assert shlex.split(commands[1])[-5:] == ["--dose", "1000", "--view", "dense", "--allow-missing-phase-d"]
+    assert shlex.split(commands[1])[-9:] == ["--dose", "1000", "--view", "dense", "--allow-missing-phase-d",
+                                             "--algorithm", "LSQML", "--num-epochs", "20"]  # the planned epochs
     assert commands[2] == "run-ptychi --manifest /o/f/reconstruction_manifest.json"
     assert commands[3] == "summarize --artifact-root tmp/f --remove-ramp"

@@ -406,6 +406,9 @@ def reproduce_commands(manifest: dict, artifact_root: str, remove_ramp: bool) ->
             plan_flags += [flag, value]
     if prov["allow_missing_phase_d"]:
         plan_flags.append("--allow-missing-phase-d")
+    if manifest["jobs"]:  # plan-jobs gives every job the same algorithm and epochs (design or override)
+        plan_flags += ["--algorithm", manifest["jobs"][0]["algorithm"],
+                       "--num-epochs", str(manifest["jobs"][0]["num_epochs"])]
     roots = ["--phase-c-root", prov["phase_c_root"], "--phase-d-root", prov["phase_d_root"]]
     manifest_path = str(Path(prov["artifact_root"]) / MANIFEST_NAME)
     commands = [
