@@ -102,3 +102,17 @@ def test_design_hash_follows_the_files_it_names(study_design_path, tmp_path):
     assert load_design(path).design_hash == before
     np.savez(tmp_path / "probe.npz", probeGuess=np.full((64, 64), 1j, np.complex64))
     assert load_design(path).design_hash != before
+
+
+def test_data_hash_ignores_reconstruction_and_metric_settings(study_design_path):
+    """data_hash changes with the physics (object, probe, scan, doses) but not with epochs or metrics."""
+    raw = json.loads(study_design_path.read_text())
+    base = parse_design(raw).data_hash
+    tweaked = copy.deepcopy(raw)
+    tweaked["reconstruction"]["num_epochs"] = 7
+    tweaked["metrics"]["ms_ssim_sigma"] = 2.0
+    tweaked["description"] = "other words"
+    assert parse_design(tweaked).data_hash == base
+    assert parse_design(tweaked).design_hash != parse_design(raw).design_hash
+    tweaked["scan"]["step_px"] = 5.0
+    assert parse_design(tweaked).data_hash != base

@@ -240,3 +240,20 @@ def test_replanning_waits_for_no_run(smoke_data, tmp_path):
     finally:
         held.close()
     write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"], splits=["train"]))
+
+
+def test_planning_refuses_data_made_from_other_data_settings(smoke_data, smoke_design_path, tmp_path):
+    """Another object model than the data were made with: refused; other epochs only: planned."""
+    raw = json.loads(smoke_design_path.read_text())
+    raw["reconstruction"]["num_epochs"] = 3  # reconstruction settings may differ between plans
+    same_data = tmp_path / "same_data.json"
+    same_data.write_text(json.dumps(raw))
+    plan = plan_jobs(same_data, smoke_data["phase_c_root"], smoke_data["phase_d_root"], tmp_path / "a",
+                     doses=[1000], views=["sparse"])
+    assert {job["num_epochs"] for job in plan.manifest["jobs"]} == {3}
+    raw["object"]["max_phase_rad"] = 0.5  # the data would be different
+    other_data = tmp_path / "other_data.json"
+    other_data.write_text(json.dumps(raw))
+    with pytest.raises(StudyError, match=r"_metadata/data_hash: made from other data settings than other_data.json"):
+        plan_jobs(other_data, smoke_data["phase_c_root"], smoke_data["phase_d_root"], tmp_path / "b",
+                  doses=[1000], views=["sparse"])

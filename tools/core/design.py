@@ -14,6 +14,8 @@ from .manifests import validation_errors
 
 SPLITS = ("train", "test")
 BASELINE_VIEW = "baseline"
+#: Design sections that do not change the generated data (see StudyDesign.data_hash).
+NOT_DATA_KEYS = ("name", "description", "reconstruction", "metrics")
 PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = PLANCK_EV_M / energy_eV
 
 
@@ -109,7 +111,19 @@ class StudyDesign:
 
         Key order and whitespace do not matter; a changed measured probe or object image does.
         """
-        digest = hashlib.sha256(canonical_json(self.raw).encode())
+        return self._hash(self.raw)
+
+    @property
+    def data_hash(self) -> str:
+        """sha256 of what defines the *data* (probe, object, scan, doses, views, seeds, instrument and
+        the files named): the design without its reconstruction, metrics, name and description.
+
+        Reconstruction or metric settings may change between plans of the same data; this may not.
+        """
+        return self._hash({k: v for k, v in self.raw.items() if k not in NOT_DATA_KEYS})
+
+    def _hash(self, doc: dict) -> str:
+        digest = hashlib.sha256(canonical_json(doc).encode())
         for relative in self.referenced_files():
             digest.update(sha256_file(self.resolve(relative)).encode())
         return digest.hexdigest()

@@ -200,6 +200,11 @@ def plan_jobs(
                 if not _inside(path, root):
                     raise StudyError(f"{path}: resolves outside its root {root} (symbolic link?)")
                 meta = read_npz_metadata(path)
+                if meta.get("data_hash", design.data_hash) != design.data_hash:
+                    raise StudyError(
+                        f"{path}: _metadata/data_hash: made from other data settings than {design.path.name} "
+                        f"(expected {design.data_hash[:12]}, found {meta['data_hash'][:12]}): regenerate it with "
+                        f"gen-synthetic, or plan with the design that made it")
                 n_images = meta.get("n_images")
                 if not isinstance(n_images, int) or n_images < 1:
                     raise ContractError(f"{path}: _metadata/n_images: expected a positive integer, got {n_images!r}")

@@ -182,6 +182,7 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseData, idx: 
         "generator_version": __version__,
         "design_name": design.name,
         "design_hash": design.design_hash,
+        "data_hash": design.data_hash,
         "dose": int(data.dose),
         "split": plan.split,
         "view": plan.view,
