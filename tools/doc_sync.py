@@ -364,7 +364,7 @@ def write(root: str, artifact_root: str) -> None:
         write_text_atomic(root_path / rel, docs[rel])
     if RESULTS_PATH in docs:
         publish_figures(root_path, artifact_root)
-    if RESULTS_PATH not in docs:
+    else:
         click.echo(f"no {summary_path(root_path, artifact_root)}: {RESULTS_PATH} left as it is", err=True)
     click.echo(f"{len(changed)} of {len(docs)} generated docs updated" + (f": {', '.join(changed)}" if changed else ""))
 
