@@ -49,8 +49,8 @@ help: ## List the targets (default)
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e .
-	$(BIN)/python -c "import ptychi, torch, tools; print('venv ready: torch', torch.__version__, 'ptychi', ptychi.__file__)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -c "import ptychi, torch, ptydose; print('venv ready: torch', torch.__version__, 'ptychi', ptychi.__file__)"
 	touch $@
 
 venv: $(STAMP) ## Build .venv from setup.cfg + constraints.txt (only when missing or older)
@@ -88,10 +88,10 @@ real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQM
 	echo "log: $$log"; exit $$rc
 
 doc-sync: $(STAMP) ## Regenerate the generated parts of docs/ (test index, CLI reference, results)
-	$(BIN)/python -m tools.doc_sync write --artifact-root $(ARTIFACT_ROOT)
+	$(BIN)/python -m ptydose.doc_sync write --artifact-root $(ARTIFACT_ROOT)
 
 doc-check: $(STAMP) ## Fail when the tracked generated docs are stale
-	$(BIN)/python -m tools.doc_sync check
+	$(BIN)/python -m ptydose.doc_sync check
 
 bench: $(STAMP) ## Benchmarks: ratios measured side by side in one run (not part of test)
 	$(BIN)/python benchmarks/bench_validate.py

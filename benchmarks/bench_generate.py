@@ -27,8 +27,8 @@ import scipy.fft
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.core.design import load_design  # noqa: E402
-from tools.core.synthetic import BATCH_SIZE, build_geometry, generate_study, simulate_dose  # noqa: E402
+from ptydose.core.design import load_design  # noqa: E402
+from ptydose.core.synthetic import BATCH_SIZE, build_geometry, generate_study, simulate_dose  # noqa: E402
 
 
 def run_generation(geometry, doses):

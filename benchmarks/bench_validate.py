@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.core import contract  # noqa: E402
-from tools.core.geometry import position_origin, window_starts  # noqa: E402
+from ptydose.core import contract  # noqa: E402
+from ptydose.core.geometry import position_origin, window_starts  # noqa: E402
 
 FRAME = 64
 STEP = 4  # raster step in object pixels

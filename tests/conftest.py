@@ -36,7 +36,7 @@ def smoke_data(tmp_path_factory) -> dict:
 
     Returns ``{"design": Path, "phase_c_root": Path, "phase_d_root": Path}``.
     """
-    from tools.core.synthetic import generate_study
+    from ptydose.core.synthetic import generate_study
 
     base = tmp_path_factory.mktemp("smoke_data")
     phase_c, phase_d = base / "phase_c", base / "phase_d"

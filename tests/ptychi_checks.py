@@ -8,7 +8,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from tools.core.geometry import window_starts
+from ptydose.core.geometry import window_starts
 
 PRODUCT_ROOT_ATTRS = ("name", "comments", "detector_object_distance_m", "photon_energy_eV", "probe_photon_count",
                       "exposure_time_s")

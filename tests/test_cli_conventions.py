@@ -7,14 +7,14 @@ import importlib
 import pytest
 from click.testing import CliRunner
 
-from tools import __version__
+from ptydose import __version__
 
 TOOLS = {
-    "gen-synthetic": "tools.gen_synthetic",
-    "validate-npz": "tools.validate_npz",
-    "plan-jobs": "tools.plan_jobs",
-    "run-ptychi": "tools.run_ptychi",
-    "summarize": "tools.summarize",
+    "gen-synthetic": "ptydose.gen_synthetic",
+    "validate-npz": "ptydose.validate_npz",
+    "plan-jobs": "ptydose.plan_jobs",
+    "run-ptychi": "ptydose.run_ptychi",
+    "summarize": "ptydose.summarize",
 }
 
 
@@ -54,8 +54,8 @@ def test_unknown_option_is_a_usage_error(name, module):
 
 
 @pytest.mark.parametrize("name, module, args", [
-    ("validate-npz", "tools.validate_npz", ["--report", "{blocker}/report.json", "{design}"]),
-    ("gen-synthetic", "tools.gen_synthetic", ["--design", "{design}", "--phase-c-root", "{blocker}/c",
+    ("validate-npz", "ptydose.validate_npz", ["--report", "{blocker}/report.json", "{design}"]),
+    ("gen-synthetic", "ptydose.gen_synthetic", ["--design", "{design}", "--phase-c-root", "{blocker}/c",
                                               "--phase-d-root", "{tmp}/d"]),
 ])
 def test_an_unwritable_output_is_a_one_line_error(name, module, args, tmp_path, smoke_design_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tools import doc_sync
-from tools.core.manifests import write_json
+from ptydose import doc_sync
+from ptydose.core.manifests import write_json
 
 GUIDE = f"""# Guide
 

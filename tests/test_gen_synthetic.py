@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools.core import manifests
-from tools.core.fileio import ZIP_DATE_TIME, write_npz_atomic
-from tools.core.synthetic import INDEX_NAME, NPZ_KEYS
-from tools.gen_synthetic import cli
+from ptydose.core import manifests
+from ptydose.core.fileio import ZIP_DATE_TIME, write_npz_atomic
+from ptydose.core.synthetic import INDEX_NAME, NPZ_KEYS
+from ptydose.gen_synthetic import cli
 
 SMOKE_FILES = {
     "phase_c": [f"dose_{d}/patched_{s}.npz" for d in (1000, 100000) for s in ("train", "test")],
@@ -80,7 +80,7 @@ def test_npz_layout_is_fixed(smoke_data):
 
 def test_outputs_pass_the_data_contract(smoke_data):
     """Every generated NPZ passes validate-npz's full contract check with no errors."""
-    from tools.core.contract import check_npz  # the validator (tools/core/contract.py)
+    from ptydose.core.contract import check_npz  # the validator (tools/core/contract.py)
 
     for kind, files in SMOKE_FILES.items():
         for rel in files:
@@ -147,7 +147,7 @@ def test_changed_design_regenerates(smoke_design_path, tmp_path):
     assert result.exit_code == 0 and "up to date" not in result.stdout
     assert path.read_bytes() != old
     index = manifests.read_json(tmp_path / "phase_c" / INDEX_NAME, "dataset_index")
-    from tools.core.design import load_design
+    from ptydose.core.design import load_design
 
     assert index["design_hash"] == load_design(changed).design_hash
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tools.core.manifests import read_json
+from ptydose.core.manifests import read_json
 
 
 def _make(repo_root, *args, env_extra=None, timeout=600):

@@ -7,8 +7,8 @@ import shutil
 
 from click.testing import CliRunner
 
-from tools.core.manifests import read_json
-from tools.plan_jobs import cli
+from ptydose.core.manifests import read_json
+from ptydose.plan_jobs import cli
 
 
 def _args(data: dict, art) -> list[str]:

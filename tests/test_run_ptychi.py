@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from ptychi_checks import check_product_layout, illuminated, phase_rmse
 
-from tools.core.executors import FAULT_ENV
-from tools.core.jobs import plan_jobs, write_plan
-from tools.core.manifests import read_json
-from tools.run_ptychi import cli
+from ptydose.core.executors import FAULT_ENV
+from ptydose.core.jobs import plan_jobs, write_plan
+from ptydose.core.manifests import read_json
+from ptydose.run_ptychi import cli
 
 
 RUN_PTYCHI = Path(sys.executable).parent / "run-ptychi"
@@ -83,7 +83,7 @@ def test_real_run_writes_every_output(smoke_data, tmp_path):
         np.testing.assert_allclose(rec["loss_values"], [float(r[1]) for r in rows[1:]])
     assert meta["job_id"] == "dose_100000/baseline/train"
     assert meta["options_hash"] == job_result["options_hash"]
-    from tools.core import engine
+    from ptydose.core import engine
 
     inputs = engine.load_inputs(meta["input_npz"])
     with np.load(meta["input_npz"], allow_pickle=False) as npz:

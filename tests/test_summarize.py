@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools.core.contract import example_arrays
-from tools.core.design import load_design
-from tools.core.geometry import position_origin
-from tools.core.jobs import options_hash
-from tools.core.manifests import read_json, write_json
-from tools.core.summary import summarize
-from tools.summarize import cli
+from ptydose.core.contract import example_arrays
+from ptydose.core.design import load_design
+from ptydose.core.geometry import position_origin
+from ptydose.core.jobs import options_hash
+from ptydose.core.manifests import read_json, write_json
+from ptydose.core.summary import summarize
+from ptydose.summarize import cli
 
 M, N = 80, 16  # object and probe size: a sweep of 8 jobs scores in about a second
 DOSES = (1000, 100000)

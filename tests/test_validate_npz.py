@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools import __version__
-from tools.core import contract, manifests
-from tools.validate_npz import cli
+from ptydose import __version__
+from ptydose.core import contract, manifests
+from ptydose.validate_npz import cli
 
 
 def run(*args: str | Path):

@@ -1,7 +1,7 @@
 """Shared CLI plumbing: version flag, verbosity, logging to stderr, one-line errors.
 
 The CLI layer parses, calls one core function and prints. Core code raises
-:class:`tools.core.errors.StudyError`; :func:`fail_on_study_error` turns it into a
+:class:`ptydose.core.errors.StudyError`; :func:`fail_on_study_error` turns it into a
 ``click.ClickException`` (exit 1, one line, no traceback). Click itself exits 2 on usage errors.
 """
 

@@ -14,7 +14,7 @@ from . import __version__
 from ._cli import CONTEXT_SETTINGS, EXIT_BAD_INPUT, EXIT_OK, fail_on_study_error, verbose_option, version_option
 from .core import contract, manifests
 
-log = logging.getLogger("tools.validate_npz")
+log = logging.getLogger("ptydose.validate_npz")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

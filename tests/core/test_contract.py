@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.core import contract
-from tools.core.contract import check_npz, example_arrays, read_contract_npz, write_contract_npz
-from tools.core.errors import ContractError
-from tools.core.geometry import window_starts
+from ptydose.core import contract
+from ptydose.core.contract import check_npz, example_arrays, read_contract_npz, write_contract_npz
+from ptydose.core.errors import ContractError
+from ptydose.core.geometry import window_starts
 
 N, M, n = 8, 20, 6
 

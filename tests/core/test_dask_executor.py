@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tools.core.executors import FAULT_ENV, run_manifest
-from tools.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
-from tools.core.manifests import read_json
-from tools.run_ptychi import cli
+from ptydose.core.executors import FAULT_ENV, run_manifest
+from ptydose.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
+from ptydose.core.manifests import read_json
+from ptydose.run_ptychi import cli
 
 pytestmark = pytest.mark.slow  # real pty-chi runs on a spawned Dask worker (seconds each)
 

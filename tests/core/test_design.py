@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tools.core.design import load_design, parse_design, spacing_threshold
-from tools.core.errors import DesignError
+from ptydose.core.design import load_design, parse_design, spacing_threshold
+from ptydose.core.errors import DesignError
 
 
 def test_shipped_study_design_matches_the_study(study_design_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from ptychi_checks import illuminated, phase_rmse
 
-from tools.core import engine
-from tools.core.errors import ContractError
-from tools.core.geometry import position_origin
+from ptydose.core import engine
+from ptydose.core.errors import ContractError
+from ptydose.core.geometry import position_origin
 
 OPTIONS = {"noise_model": "gaussian", "batch_size": 32, "optimize_probe": True, "probe_update_start_epoch": 1,
            "seed": 123, "chunk_epochs": 4, "wavelength_m": 1.4e-10, "object_pixel_size_m": 1.2e-7}

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.core.errors import StudyError
-from tools.core.executors import FAULT_ENV, fault_for, run_manifest
-from tools.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
-from tools.core.manifests import read_json
+from ptydose.core.errors import StudyError
+from ptydose.core.executors import FAULT_ENV, fault_for, run_manifest
+from ptydose.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
+from ptydose.core.manifests import read_json
 
 pytestmark = pytest.mark.slow  # real pty-chi runs in spawned workers (seconds each)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.core.geometry import position_origin, subpixel_residuals, window_starts
+from ptydose.core.geometry import position_origin, subpixel_residuals, window_starts
 
 
 def test_position_origin_is_round_half_to_even_minus_half():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.core.errors import StudyError
-from tools.core.jobs import (
+from ptydose.core.errors import StudyError
+from ptydose.core.jobs import (
     MANIFEST_SCHEMA,
     SKIP_SUMMARY_SCHEMA,
     job_id,
@@ -20,14 +20,14 @@ from tools.core.jobs import (
     read_npz_metadata,
     write_plan,
 )
-from tools.core.fileio import sha256_file
-from tools.core.manifests import read_json, write_json
+from ptydose.core.fileio import sha256_file
+from ptydose.core.manifests import read_json, write_json
 
 
 @pytest.fixture(scope="module")
 def three_dose_data(tmp_path_factory, smoke_design_path):
     """The smoke design with three doses (the shipped study's 18-job shape), generated once."""
-    from tools.core.synthetic import generate_study
+    from ptydose.core.synthetic import generate_study
 
     base = tmp_path_factory.mktemp("three_dose")
     raw = json.loads(smoke_design_path.read_text())

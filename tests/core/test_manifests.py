@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 
 import pytest
 
-from tools.core.errors import ManifestError
-from tools.core.manifests import SCHEMA_DIR, load_schema, read_json, write_json, write_text_atomic
+from ptydose.core.errors import ManifestError
+from ptydose.core.manifests import SCHEMA_PACKAGE, load_schema, read_json, write_json, write_text_atomic
 
 
 def test_every_schema_is_valid_2020_12_with_id_and_version():
     """Each schemas/*.schema.json is a valid 2020-12 schema with $id and a schema_version const."""
-    names = sorted(p.name.removesuffix(".schema.json") for p in SCHEMA_DIR.glob("*.schema.json"))
+    names = sorted(p.name.removesuffix(".schema.json") for p in resources.files(SCHEMA_PACKAGE).iterdir() if p.name.endswith(".schema.json"))
     assert "study_design" in names
     for name in names:
         schema = load_schema(name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tools.core import metrics as m
+from ptydose.core import metrics as m
 
 M, N = 96, 32  # object and probe size: small enough for milliseconds per comparison
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from tools.core import overlap
-from tools.core.design import load_design
-from tools.core.synthetic import build_geometry
+from ptydose.core import overlap
+from ptydose.core.design import load_design
+from ptydose.core.synthetic import build_geometry
 
 
 def test_disc_overlap_fraction_known_values():

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.core import physics
-from tools.core.geometry import subpixel_residuals, window_starts
-from tools.core.design import load_design
+from ptydose.core import physics
+from ptydose.core.geometry import subpixel_residuals, window_starts
+from ptydose.core.design import load_design
 
 
 def _load(path: Path) -> dict:

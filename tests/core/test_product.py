@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ptychi_checks import check_product_layout
 
-from tools.core.product import ProductMetadata, write_product
+from ptydose.core.product import ProductMetadata, write_product
 
 def test_product_layout_and_values(tmp_path):
     """Every attribute and dataset is present with the given values; positions in metres about the centre."""

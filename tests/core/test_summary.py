@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from tools.core import summary as s
+from ptydose.core import summary as s
 
 
 def _metric_doc(rmse: float, ssim: float, psnr: float = 20.0) -> dict:

@@ -1,7 +1,7 @@
 """Running a manifest's jobs on a Dask distributed cluster (``run-ptychi --scheduler tcp://host:port``).
 
 The parent connects a :class:`distributed.Client` to the scheduler and submits one task per
-pending job. Each task runs :func:`tools.core.executors.run_job_in_worker`, the function local
+pending job. Each task runs :func:`ptydose.core.executors.run_job_in_worker`, the function local
 workers run, so the job's ``ptychi.log`` captures its output and its outputs are computed the same
 way; torch and ptychi are imported once per Dask worker process (module-level cache below). The
 parent alone writes ``result.json`` and the manifest, through the same ``_Recorder``, as results

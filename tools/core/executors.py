@@ -8,7 +8,7 @@ atomic), after every job. A job's exception is reported by its worker; a worker 
 (segfault, ``os._exit``, OOM kill) or outlives ``--timeout`` is that job's failure, and a fresh
 worker takes its place. Workers die with the parent (``PR_SET_PDEATHSIG``), so killing
 ``run-ptychi`` leaves no stray reconstructions. With ``--scheduler`` the same per-job function
-runs on a Dask cluster instead (:mod:`tools.core.dask_executor`), recorded the same way here.
+runs on a Dask cluster instead (:mod:`ptydose.core.dask_executor`), recorded the same way here.
 
 Fault injection (tests only): the environment variable ``RUN_PTYCHI_FAULT_INJECTION`` holds
 ``<job id>=<mode>`` pairs separated by commas; a worker honours it after loading that job's
@@ -429,7 +429,7 @@ def run_manifest(
     """Run (or, with ``dry_run``, list) the selected jobs of a manifest; see the module docstring.
 
     With ``scheduler`` (``tcp://host:port``) the jobs run on that Dask cluster instead of local
-    worker processes (:mod:`tools.core.dask_executor`); recording and resume are the same.
+    worker processes (:mod:`ptydose.core.dask_executor`); recording and resume are the same.
     """
     wall_start = time.perf_counter()
     manifest_path = Path(manifest_path).resolve()

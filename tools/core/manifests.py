@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,15 @@ from jsonschema import Draft202012Validator
 from .errors import ManifestError
 from .fileio import atomic_output
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_PACKAGE = "ptydose.schemas"  # schemas/ in the source tree, package data when installed
 
 
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> dict:
     """Return the schema ``schemas/<name>.schema.json`` (checked to be a valid 2020-12 schema)."""
-    path = SCHEMA_DIR / f"{name}.schema.json"
+    path = resources.files(SCHEMA_PACKAGE) / f"{name}.schema.json"
     try:
-        schema = json.loads(path.read_text())
+        schema = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: schema not found") from exc
     Draft202012Validator.check_schema(schema)
