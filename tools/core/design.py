@@ -10,12 +10,20 @@ from typing import Any
 
 from .errors import DesignError
 from .fileio import sha256_file
-from .manifests import validation_errors
+from .errors import ManifestError
+from .manifests import parse_json, read_text, validation_errors
+from .safepath import available_memory_bytes
 
 SPLITS = ("train", "test")
 BASELINE_VIEW = "baseline"
 #: Design sections that do not change the generated data (see StudyDesign.data_hash).
 NOT_DATA_KEYS = ("name", "description", "reconstruction", "metrics")
+#: Bytes per object pixel that generating the data needs at its peak (the complex64 object, the
+#: float64 fields and FFT buffers it is built from): a design whose object cannot fit is refused
+#: up front instead of failing (or swapping) deep inside numpy.
+GENERATION_BYTES_PER_OBJECT_PIXEL = 64
+#: Scan positions a design may ask for (the scale benchmarks run 2e5; far beyond is a typo in step_px).
+MAX_SCAN_POSITIONS = 2e7
 PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = PLANCK_EV_M / energy_eV
 
 
@@ -172,6 +180,16 @@ def _check_rules(raw: dict, source: str) -> None:
         raise DesignError(
             f"{source}: object/shape: {rows}x{cols} cannot hold a {n}x{n} probe window plus margins"
         )
+    need = rows * cols * GENERATION_BYTES_PER_OBJECT_PIXEL
+    available = available_memory_bytes()
+    if need > available:
+        raise DesignError(f"{source}: object/shape: {rows}x{cols} needs about {need / 2**30:.1f} GiB to generate, "
+                          f"more than the {available / 2**30:.1f} GiB of memory available")
+    step = raw["scan"]["step_px"]
+    positions = (rows / step) * (cols / step)
+    if positions > MAX_SCAN_POSITIONS:
+        raise DesignError(f"{source}: scan/step_px: {step:g} px over a {rows}x{cols} object gives about "
+                          f"{positions:.3g} positions, more than the {MAX_SCAN_POSITIONS:.0e} a study may have")
     probe = raw["probe"]
     if "model" in probe and "pupil_radius_fraction" not in probe:
         raise DesignError(f"{source}: probe/pupil_radius_fraction: required for model '{probe['model']}'")
@@ -210,16 +228,10 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
 
 
 def load_design(path: str | Path) -> StudyDesign:
-    """Read, validate and derive a study design file."""
+    """Read, validate and derive a study design file (regular files only; strict, finite JSON)."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DesignError(f"{path}: design file not found") from exc
-    except IsADirectoryError as exc:
-        raise DesignError(f"{path}: is a folder, expected a design JSON file") from exc
-    except json.JSONDecodeError as exc:
-        raise DesignError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DesignError(f"{path}: cannot read: {exc}") from exc
+        raw = parse_json(read_text(path, "design file"), path)
+    except ManifestError as exc:
+        raise DesignError(str(exc)) from None
     return parse_design(raw, path)

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 
 from .errors import ManifestError
 from .fileio import atomic_output
+from .safepath import PathError, read_regular_bytes
 
 SCHEMA_PACKAGE = "ptydose.schemas"  # schemas/ in the source tree, package data when installed
 
@@ -86,27 +87,75 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (expected finite numbers only)")
+
+
+def parse_json(text: str, source: str | os.PathLike) -> Any:
+    """Strict JSON: no NaN/Infinity; deep nesting and huge integers are errors; errors name ``source``.
+
+    Raises :class:`ManifestError` ``source: not valid JSON (...)``.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: not valid JSON here (nested too deeply)") from None
+    except ValueError as exc:  # NaN/Infinity, integers past Python's digit limit
+        raise ManifestError(f"{source}: not valid JSON here ({str(exc).splitlines()[0]})") from None
+
+
+def dumps_strict(doc: Any, source: str | os.PathLike, **kwargs: Any) -> str:
+    """``json.dumps`` that refuses NaN and Infinity (they are not JSON), naming the offending field."""
+    try:
+        return json.dumps(doc, allow_nan=False, **kwargs)
+    except ValueError:
+        where = _first_non_finite(doc) or "(root)"
+        raise ManifestError(f"{source}: {where}: not a finite number (NaN or Infinity cannot be written as JSON)") from None
+
+
+def _first_non_finite(value: Any, path: str = "") -> str | None:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(root)"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first_non_finite(item, f"{path}/{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def write_json(path: str | os.PathLike, doc: Any, schema_name: str) -> Path:
-    """Validate ``doc`` against ``schema_name`` and write it atomically to ``path``."""
+    """Validate ``doc`` against ``schema_name`` and write it atomically to ``path`` (finite numbers only)."""
     doc = to_jsonable(doc)
+    text = dumps_strict(doc, path, indent=2, sort_keys=False) + "\n"
     validate(doc, schema_name, path)
-    return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return write_text_atomic(path, text)
+
+
+def read_text(path: str | os.PathLike, what: str = "JSON file") -> str:
+    """A small text file's content: regular files only (never blocks on a FIFO), size-capped, UTF-8."""
+    try:
+        data = read_regular_bytes(path, what)
+    except PathError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}): expected a {what}") from None
 
 
 def read_json(path: str | os.PathLike, schema_name: str) -> Any:
     """Parse ``path`` and validate it against ``schema_name``; one-line errors name the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise ManifestError(f"{path}: is a folder, expected a JSON file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read: {exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    doc = parse_json(read_text(path), path)
     validate(doc, schema_name, path)
     return doc
