@@ -145,7 +145,8 @@ def build_sweep(base: Path, design_path: Path) -> Path:
                 np.savez(folder / "reconstruction.npz", object=obj.astype(np.complex64), probe=_probe(),
                          positions_x_px=_positions(split, view)[0], positions_y_px=_positions(split, view)[1],
                          loss_epochs=epochs, loss_values=(1.0 / epochs).astype(np.float64),
-                         _metadata=np.array(json.dumps({"job_id": jid})))
+                         _metadata=np.array(json.dumps({"job_id": jid, "input_sha256": job["input_sha256"],
+                                                        "options_hash": options_hash(job)})))
     for dose in DOSES:
         for split in ("train", "test"):
             missing.append({"dose": dose, "view": "sparse", "split": split,
@@ -241,7 +242,7 @@ def test_summary_markdown_and_figures(summarized):
     for needle in ("## Per (dose, view), mean over splits", "## Per job", FAILED_ERROR,
                    "`dose_1000/sparse/train`: Phase D NPZ not found", "## Reproduce", "summarize --artifact-root",
                    "plan-jobs --design", "![metrics_vs_dose](figures/metrics_vs_dose.png)",
-                   "dose 100000: baseline beats dense"):
+                   "dose 100000: baseline beats dense on 8 of 10 compared metrics (tied: FRC"):
         assert needle in text, needle
     expected = {"object_phase_train.png", "object_amplitude_train.png", "object_phase_test.png",
                 "object_amplitude_test.png", "metrics_vs_dose.png", "frc_curves.png", "loss_curves.png"}

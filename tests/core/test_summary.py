@@ -47,15 +47,34 @@ def test_aggregates_mean_min_max_and_unscored_groups():
 
 
 def test_overlap_verdicts_count_wins_by_metric_direction():
-    """Lower RMSE and higher SSIM both count as wins; a mixed result names the metrics it lost."""
+    """Lower RMSE and higher SSIM both count as wins; a mixed result gives wins, ties and losses by name."""
     better = s.aggregate([_row(1000, "dense", "train", 0.1, ssim=0.9), _row(1000, "sparse", "train", 0.3, ssim=0.5)])
     doc = {"settings": SETTINGS, "aggregates": better}
-    assert s.comparison_lines(doc) == ["- dose 1000: dense beats sparse on every metric"]
+    # _row fills 10 table metrics with phase PSNR 20 dB for both views: 9 wins and 1 tie.
+    assert s.comparison_lines(doc) == ["- dose 1000: dense beats sparse on 9 of 10 compared metrics "
+                                       "(tied: phase PSNR (dB))"]
     mixed = s.aggregate([_row(1000, "dense", "train", 0.5, ssim=0.9), _row(1000, "sparse", "train", 0.3, ssim=0.5)])
     line = s.comparison_lines({"settings": SETTINGS, "aggregates": mixed})[0]
-    # 10 table metrics; the equal phase PSNR is a tie and not counted: 7 wins of 9.
-    assert line.startswith("- dose 1000: dense beats sparse on 7 of 9 metrics (not: ")
+    assert line.startswith("- dose 1000: dense vs sparse: better on 7, tied on 1, worse on 2 of 10 compared metrics "
+                           "(worse: ")
+    assert line.endswith("; tied: phase PSNR (dB))")
     assert "phase RMSE (rad)" in line and "amp. RMSE" in line
+    worse = s.aggregate([_row(1000, "dense", "train", 0.3, ssim=0.5), _row(1000, "sparse", "train", 0.1, ssim=0.9)])
+    assert s.comparison_lines({"settings": SETTINGS, "aggregates": worse}) == [
+        "- dose 1000: dense is worse than sparse on 9 of 10 compared metrics (tied: phase PSNR (dB))"]
+    same = s.aggregate([_row(1000, "dense", "train", 0.3, ssim=0.5), _row(1000, "sparse", "train", 0.3, ssim=0.5)])
+    assert s.comparison_lines({"settings": SETTINGS, "aggregates": same}) == [
+        "- dose 1000: dense ties sparse on all 10 compared metrics"]
+
+
+def test_overlap_verdict_claims_nothing_when_no_metric_was_compared():
+    """Both views scored but every metric missing (None): the line says nothing could be compared."""
+    empty = s.aggregate([_row(1000, "dense", "train", None), _row(1000, "sparse", "train", None)])
+    for group in empty["by_dose_view"]:
+        group["n_scored"] = 1  # scored jobs whose metrics were all undefined
+    lines = s.comparison_lines({"settings": SETTINGS, "aggregates": empty})
+    assert lines == ["- dose 1000: dense vs sparse: no metric could be compared"]
+    assert not any("beats" in line or "worse" in line for line in lines)
 
 
 def test_table_columns_follow_emphasis_and_report_amplitude():

@@ -38,6 +38,7 @@ from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
 from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, check_manifest_paths, job_id, options_hash
 from .manifests import read_json, write_json, write_text_atomic
+from .safepath import check_confined, make_confined_dirs
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
 def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The object and loss history of a run-ptychi ``reconstruction.npz``, checked."""
     arrays = _read_npz(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f", "_metadata": "U"})
-    _metadata(path, arrays["_metadata"])
+    arrays["metadata"] = _metadata(path, arrays["_metadata"])
     if arrays["object"].shape != tuple(object_shape):
         raise ContractError(f"{path}: object: shape {arrays['object'].shape} differs from the ground truth {tuple(object_shape)}")
     if arrays["loss_epochs"].shape != arrays["loss_values"].shape:
@@ -115,6 +116,22 @@ def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, 
     if not np.all(np.isfinite(arrays["object"])):
         raise ContractError(f"{path}: object: holds NaN or inf")
     return arrays
+
+
+def check_reconstruction_identity(path: Path, meta: dict, job: dict, opts_hash: str) -> None:
+    """The reconstruction was made by this job, from its planned input, with its planned options.
+
+    run-ptychi records ``job_id``, ``input_sha256`` and ``options_hash`` in every
+    ``reconstruction.npz``; a file copied from another job or left by another plan is refused.
+    """
+    expected = {"job_id": job["id"], "input_sha256": job["input_sha256"], "options_hash": opts_hash}
+    for key, value in expected.items():
+        found = meta.get(key)
+        if found != value:
+            shown = found if key == "job_id" else (found[:12] + "..." if isinstance(found, str) else found)
+            want = value if key == "job_id" else value[:12] + "..."
+            raise ContractError(f"{path}: _metadata/{key}: {shown!r} is not this job's ({want}); the reconstruction "
+                                f"belongs to another job or run — rerun run-ptychi for {job['id']}")
 
 
 def _load_settings(manifest: dict, design_path: Path | None, remove_ramp: bool, erode_px: int,
@@ -185,8 +202,8 @@ def flat_metrics(metric_doc: dict) -> dict[str, float | None]:
 def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.MetricSettings,
               pixel_size_m: float | None) -> JobOutcome:
     """Read one job's files and, when it ran ok, compare it with its ground truth."""
-    folder = root / job["id"]
-    result_path = folder / "result.json"
+    folder = check_confined(root, job["id"], "job folder")
+    result_path = check_confined(root, f"{job['id']}/result.json", "result.json")
     if not result_path.exists():
         if execution is not None and execution["status"] != "ok":
             return JobOutcome(job, execution["status"], execution.get("error") or "no error recorded",
@@ -205,7 +222,7 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
     if result["options_hash"] != options_hash(job):
         return JobOutcome(job, "unscored", "result.json is for other options (algorithm, epochs or engine options "
                           "changed since it ran); rerun run-ptychi", result["returncode"], result)
-    recon_path = folder / "reconstruction.npz"
+    recon_path = check_confined(root, f"{job['id']}/reconstruction.npz", "reconstruction.npz")
     if not recon_path.is_file():
         return JobOutcome(job, "unscored", f"reconstruction.npz missing in {job['id']}", result["returncode"], result)
     input_path = Path(job["input_npz"])
@@ -215,6 +232,7 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
         return JobOutcome(job, "unscored", f"input NPZ changed since planning: {input_path}", result["returncode"], result)
     truth = load_ground_truth(input_path)
     recon = load_reconstruction(recon_path, truth["objectGuess"].shape)
+    check_reconstruction_identity(recon_path, recon["metadata"], job, options_hash(job))
     try:
         comparison = metrics.compare(recon["object"], truth["objectGuess"], truth["probeGuess"],
                                      truth["xcoords"], truth["ycoords"], settings, pixel_size_m)
@@ -318,26 +336,54 @@ def dose_view_table(summary: dict) -> str:
 
 
 def comparison_lines(summary: dict) -> list[str]:
-    """Per dose and metric: does dense beat sparse, and baseline beat dense (means over splits)?"""
+    """Per dose: dense against sparse and baseline against dense (means over splits), as counts.
+
+    Each line reports wins, ties and losses over the metrics that could actually be compared (both
+    means present) and uses the verb that is true of them: "beats ... on all N" only when every
+    compared metric favours the first view, "is worse than ... on all N" when none does, otherwise
+    the split counts. A pair with no comparable metric says so instead of claiming anything.
+    """
     groups = {(g["dose"], g["view"]): g for g in summary["aggregates"]["by_dose_view"]}
     doses = sorted({g["dose"] for g in summary["aggregates"]["by_dose_view"]})
     lines = []
-    for better, worse in (("dense", "sparse"), (BASELINE_VIEW, "dense")):
+    for first, second in (("dense", "sparse"), (BASELINE_VIEW, "dense")):
         for dose in doses:
-            a, b = groups.get((dose, better)), groups.get((dose, worse))
+            a, b = groups.get((dose, first)), groups.get((dose, second))
             if not a or not b or not a["n_scored"] or not b["n_scored"]:
                 continue
-            wins, losses = [], []
+            wins, ties, losses = [], [], []
             for name in table_metric_names(summary["settings"]):
                 va, vb = a["metrics"][name]["mean"], b["metrics"][name]["mean"]
-                if va is None or vb is None or va == vb:
+                if va is None or vb is None:
                     continue
-                higher_better = METRICS[name][2]
-                (wins if (va > vb) == higher_better else losses).append(METRICS[name][1])
-            verdict = "on every metric" if not losses else f"on {len(wins)} of {len(wins) + len(losses)} metrics"
-            detail = f" (not: {', '.join(losses)})" if losses else ""
-            lines.append(f"- dose {dose}: {better} beats {worse} {verdict}{detail}")
+                label = METRICS[name][1]
+                if va == vb:
+                    ties.append(label)
+                elif (va > vb) == METRICS[name][2]:
+                    wins.append(label)
+                else:
+                    losses.append(label)
+            lines.append(f"- dose {dose}: {_comparison_text(first, second, wins, ties, losses)}")
     return lines
+
+
+def _comparison_text(first: str, second: str, wins: list[str], ties: list[str], losses: list[str]) -> str:
+    n = len(wins) + len(ties) + len(losses)
+    if n == 0:
+        return f"{first} vs {second}: no metric could be compared"
+    metric_word = "metric" if n == 1 else "metrics"
+    tied = f" (tied: {', '.join(ties)})" if ties else ""
+    if len(ties) == n:
+        return f"{first} ties {second} on all {n} compared {metric_word}"
+    if not losses:
+        count = f"all {n}" if len(wins) == n else f"{len(wins)} of {n}"
+        return f"{first} beats {second} on {count} compared {metric_word}{tied}"
+    if not wins:
+        count = f"all {n}" if len(losses) == n else f"{len(losses)} of {n}"
+        return f"{first} is worse than {second} on {count} compared {metric_word}{tied}"
+    detail = "; ".join([f"worse: {', '.join(losses)}"] + ([f"tied: {', '.join(ties)}"] if ties else []))
+    return (f"{first} vs {second}: better on {len(wins)}, tied on {len(ties)}, worse on {len(losses)} of {n} "
+            f"compared {metric_word} ({detail})")
 
 
 def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: str = "figures/",
@@ -560,7 +606,8 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     settings_doc.update({"emphasis": design.metrics.get("emphasis", "phase"),
                          "report_amplitude": bool(design.metrics.get("report_amplitude", True)),
                          "metric_names": list(METRICS)})
-    out = Path(out_dir) if out_dir is not None else root / "summary"
+    # Written folders: the one the user named, or <artifact-root>/summary; never through a link inside them.
+    out = Path(out_dir) if out_dir is not None else make_confined_dirs(root, "summary", "summary folder")
     summary = {
         "schema_version": "1.0",
         "design_name": manifest["provenance"]["design_name"],
@@ -585,7 +632,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     }
     figure_paths: list[Path] = []
     if make_figures:
-        figure_paths = draw_figures(outcomes, summary, out / "figures")
+        figure_paths = draw_figures(outcomes, summary, make_confined_dirs(out, "figures", "figures folder"))
         summary["figures"] = [p.relative_to(out).as_posix() for p in figure_paths]
     summary_path = write_json(out / "summary.json", summary, SUMMARY_SCHEMA)
     markdown_path = write_text_atomic(out / "summary.md", render_markdown(summary))
