@@ -23,17 +23,23 @@ ARTIFACT_ROOT ?= $(OUT)/phase_f
 SMOKE_OUT     ?= tmp/smoke
 PYTEST_ARGS   ?=
 
+# Paths may hold spaces: recipes quote them with $(call q,...); file targets escape them with $(call esc,...).
+empty :=
+space := $(empty) $(empty)
+q   = '$(subst ','\'',$(1))'
+esc = $(subst $(space),\$(space),$(1))
+
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOW   := $(shell date -u +%Y-%m-%dT%H%M%SZ)
 
 # Optional pass-through flags: empty variables add nothing.
-PLAN_FILTERS := $(if $(VIEW),--view $(VIEW)) $(if $(SPLIT),--split $(SPLIT)) $(if $(EPOCHS),--num-epochs $(EPOCHS))
-RUN_FLAGS    := --device $(DEVICE) --workers $(WORKERS) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+PLAN_FILTERS := $(foreach v,$(VIEW),--view $(call q,$(v))) $(foreach s,$(SPLIT),--split $(call q,$(s))) $(if $(EPOCHS),--num-epochs $(call q,$(EPOCHS)))
+RUN_FLAGS    := --device $(call q,$(DEVICE)) --workers $(call q,$(WORKERS)) $(if $(TIMEOUT),--timeout $(call q,$(TIMEOUT))) $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER)))
 # DOSE may list several doses: make real-run DOSE="1000 10000 100000".
-DOSE_DATA    := $(foreach d,$(DOSE),$(PHASE_C_ROOT)/dose_$(d)/patched_train.npz)
-DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(d))
-DOSE_DIRS    := $(foreach d,$(DOSE),$(PHASE_C_ROOT)/dose_$(d) $(PHASE_D_ROOT)/dose_$(d))
+DOSE_DATA    := $(foreach d,$(DOSE),$(call esc,$(PHASE_C_ROOT))/dose_$(d)/patched_train.npz)
+DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(call q,$(d)))
+DOSE_DIRS    := $(foreach d,$(DOSE),$(call q,$(PHASE_C_ROOT)/dose_$(d)) $(call q,$(PHASE_D_ROOT)/dose_$(d)))
 DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
 .PHONY: help venv test dry-run real-run data doc-sync doc-check bench clean
@@ -60,35 +66,38 @@ test: $(STAMP) ## Run the whole test suite, then check that generated docs are c
 	$(MAKE) --no-print-directory doc-check
 
 dry-run: $(STAMP) ## Smoke design: generate, validate, plan, run-ptychi --dry-run (seconds)
-	@log=$(REPORTS)/$(NOW)/cli/dry_run.log; mkdir -p $$(dirname $$log); \
+	@log=$(call q,$(REPORTS)/$(NOW)/cli/dry_run.log); mkdir -p "$$(dirname "$$log")"; \
 	set -o pipefail; ( set -e; \
-	  $(BIN)/gen-synthetic --design $(SMOKE_DESIGN) --phase-c-root $(SMOKE_OUT)/phase_c --phase-d-root $(SMOKE_OUT)/phase_d; \
-	  $(BIN)/validate-npz -q $(SMOKE_OUT)/phase_c $(SMOKE_OUT)/phase_d; \
-	  $(BIN)/plan-jobs --design $(SMOKE_DESIGN) --phase-c-root $(SMOKE_OUT)/phase_c --phase-d-root $(SMOKE_OUT)/phase_d \
-	    --artifact-root $(SMOKE_OUT)/phase_f --allow-missing-phase-d; \
-	  $(BIN)/run-ptychi --manifest $(SMOKE_OUT)/phase_f/reconstruction_manifest.json --dry-run; \
-	) 2>&1 | tee $$log; \
-	echo "log: $$log"
+	  $(BIN)/gen-synthetic --design $(call q,$(SMOKE_DESIGN)) --phase-c-root $(call q,$(SMOKE_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(SMOKE_OUT)/phase_d); \
+	  $(BIN)/validate-npz -q $(call q,$(SMOKE_OUT)/phase_c) $(call q,$(SMOKE_OUT)/phase_d); \
+	  $(BIN)/plan-jobs --design $(call q,$(SMOKE_DESIGN)) --phase-c-root $(call q,$(SMOKE_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(SMOKE_OUT)/phase_d) --artifact-root $(call q,$(SMOKE_OUT)/phase_f) --allow-missing-phase-d; \
+	  $(BIN)/run-ptychi --manifest $(call q,$(SMOKE_OUT)/phase_f/reconstruction_manifest.json) --dry-run; \
+	) 2>&1 | tee "$$log"; rc=$$?; \
+	echo "log: $$log"; exit $$rc
 
-$(PHASE_C_ROOT)/dose_%/patched_train.npz: $(DESIGN) | $(STAMP)
-	$(BIN)/gen-synthetic --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) --dose $*
+$(call esc,$(PHASE_C_ROOT))/dose_%/patched_train.npz: $(call esc,$(DESIGN)) | $(STAMP)
+	$(BIN)/gen-synthetic --design $(call q,$(DESIGN)) --phase-c-root $(call q,$(PHASE_C_ROOT)) \
+	  --phase-d-root $(call q,$(PHASE_D_ROOT)) --dose $(call q,$*)
 
 data: $(DOSE_DATA) ## Generate the study data of DOSE (one or several; only if missing or the design changed)
 
 real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQML), summarize
-	@log=$(REPORTS)/$(NOW)/real_run/dose_$(DOSE_TAG)/run.log; mkdir -p $$(dirname $$log); \
+	@log=$(call q,$(REPORTS)/$(NOW)/real_run/dose_$(DOSE_TAG)/run.log); mkdir -p "$$(dirname "$$log")"; \
 	set -o pipefail; ( \
 	  $(BIN)/validate-npz -q $(DOSE_DIRS) || exit $$?; \
-	  $(BIN)/plan-jobs --design $(DESIGN) --phase-c-root $(PHASE_C_ROOT) --phase-d-root $(PHASE_D_ROOT) \
-	    --artifact-root $(ARTIFACT_ROOT) $(DOSE_FLAGS) $(PLAN_FILTERS) || exit $$?; \
-	  $(BIN)/run-ptychi --manifest $(ARTIFACT_ROOT)/reconstruction_manifest.json $(RUN_FLAGS); run_rc=$$?; \
-	  $(BIN)/summarize --artifact-root $(ARTIFACT_ROOT) || exit $$?; \
+	  $(BIN)/plan-jobs --design $(call q,$(DESIGN)) --phase-c-root $(call q,$(PHASE_C_ROOT)) \
+	    --phase-d-root $(call q,$(PHASE_D_ROOT)) --artifact-root $(call q,$(ARTIFACT_ROOT)) $(DOSE_FLAGS) $(PLAN_FILTERS) \
+	    || exit $$?; \
+	  $(BIN)/run-ptychi --manifest $(call q,$(ARTIFACT_ROOT)/reconstruction_manifest.json) $(RUN_FLAGS); run_rc=$$?; \
+	  $(BIN)/summarize --artifact-root $(call q,$(ARTIFACT_ROOT)) || exit $$?; \
 	  exit $$run_rc; \
-	) 2>&1 | tee $$log; rc=$$?; \
+	) 2>&1 | tee "$$log"; rc=$$?; \
 	echo "log: $$log"; exit $$rc
 
 doc-sync: $(STAMP) ## Regenerate the generated parts of docs/ (test index, CLI reference, results)
-	$(BIN)/python -m ptydose.doc_sync write --artifact-root $(ARTIFACT_ROOT)
+	$(BIN)/python -m ptydose.doc_sync write --artifact-root $(call q,$(ARTIFACT_ROOT))
 
 doc-check: $(STAMP) ## Fail when the tracked generated docs are stale
 	$(BIN)/python -m ptydose.doc_sync check
