@@ -41,6 +41,29 @@ def test_make_dry_run_plans_and_prints_commands(repo_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_make_dry_run_fails_when_a_step_fails(repo_root, tmp_path):
+    """A failing step (a design that does not exist) makes `make dry-run` exit non-zero, log still kept."""
+    out, reports = tmp_path / "smoke", tmp_path / "reports"
+    result = _make(repo_root, "dry-run", f"SMOKE_DESIGN={tmp_path / 'missing.json'}", f"SMOKE_OUT={out}",
+                   f"REPORTS={reports}")
+    assert result.returncode != 0
+    assert f"{tmp_path / 'missing.json'}: design file not found" in result.stdout + result.stderr
+    assert not (out / "phase_f").exists()
+    assert len(list(reports.glob("*/cli/dry_run.log"))) == 1
+
+
+@pytest.mark.slow
+def test_make_dry_run_works_with_spaces_in_paths(repo_root, tmp_path):
+    """Output and report folders whose names hold spaces (and a quote) are passed whole to every tool."""
+    out, reports = tmp_path / "my smoke's run", tmp_path / "the reports"
+    result = _make(repo_root, "dry-run", f"SMOKE_OUT={out}", f"REPORTS={reports}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "phase_f" / "reconstruction_manifest.json").is_file()
+    assert len(list(reports.glob("*/cli/dry_run.log"))) == 1
+    assert not (tmp_path / "my").exists()
+
+
+@pytest.mark.slow
 def test_make_real_run_reconstructs_and_summarizes(repo_root, tmp_path):
     """`make real-run` (smoke design, 2 epochs): data made, 6 jobs ok, summary written, log kept."""
     out, reports = tmp_path / "study", tmp_path / "reports"
@@ -56,10 +79,14 @@ def test_make_real_run_reconstructs_and_summarizes(repo_root, tmp_path):
     assert (out / "phase_f" / "summary" / "summary.md").is_file()
     assert list(reports.glob("*/real_run/dose_1000/run.log"))
     # The data are a file target: a second run generates nothing and redoes no job.
+    outputs = sorted((out / "phase_f").glob("dose_*/*/*/reconstruction.npz"))
+    stamps = {p: p.stat().st_mtime_ns for p in outputs}
     again = _make(repo_root, *args)
     assert again.returncode == 0
     assert "gen-synthetic" not in again.stdout
-    assert "skipped" in again.stdout + again.stderr
+    manifest = read_json(out / "phase_f" / "reconstruction_manifest.json", "reconstruction_manifest")
+    assert [r["resumed"] for r in manifest["execution_results"]] == [True] * 6
+    assert len(outputs) == 6 and {p: p.stat().st_mtime_ns for p in outputs} == stamps
 
 
 @pytest.mark.slow
