@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import example_arrays
 from click.testing import CliRunner
 
-from ptydose.core.contract import example_arrays
 from ptydose.core.design import load_design
 from ptydose.core.geometry import position_origin
 from ptydose.core.jobs import options_hash

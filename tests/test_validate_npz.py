@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import example_arrays
 from click.testing import CliRunner
 
 from ptydose import __version__
@@ -24,14 +25,14 @@ def run(*args: str | Path):
 @pytest.fixture()
 def good(tmp_path) -> Path:
     """A contract-valid file."""
-    return contract.write_contract_npz(tmp_path / "data" / "good.npz", *contract.example_arrays())
+    return contract.write_contract_npz(tmp_path / "data" / "good.npz", *example_arrays())
 
 
 @pytest.fixture()
 def mixed(tmp_path) -> Path:
     """A folder tree with two valid files, one with a warning, four bad ones and a non-NPZ file."""
     root = tmp_path / "mixed"
-    arrays, meta = contract.example_arrays()
+    arrays, meta = example_arrays()
     contract.write_contract_npz(root / "dose_1000" / "patched_train.npz", arrays, meta)
     contract.write_contract_npz(root / "dose_1000" / "dense" / "dense_train.npz", arrays, meta)
     f32 = dict(arrays, ycoords=arrays["ycoords"].astype(np.float32))
@@ -153,7 +154,7 @@ def _rewrite(path: Path, replace: dict[str, bytes]) -> Path:
 def test_hostile_files_subprocess_no_traceback_no_payload(tmp_path):
     """Real process on pickled, truncated, forged-shape files: exit 1, one line each, no traceback, no payload run."""
     marker = tmp_path / "PAYLOAD_RAN"
-    arrays, meta = contract.example_arrays()
+    arrays, meta = example_arrays()
     folder = tmp_path / "hostile"
     # The payload .npy is made in a child process so this test process never holds the object.
     subprocess.run(

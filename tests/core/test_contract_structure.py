@@ -1,20 +1,19 @@
-"""The NPZ data contract: one failing and one passing fixture per rule, safe reading, layout."""
+"""The NPZ data contract, header-only rules: one failing and one passing fixture per rule."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import assert_error, errors_of, example_arrays, npy_bytes, replace_member, save_raw
 
 from ptydose.core import contract
-from ptydose.core.contract import check_npz, example_arrays, read_contract_npz, write_contract_npz
+from ptydose.core.contract import check_npz, read_contract_npz, write_contract_npz
 from ptydose.core.errors import ContractError
-from ptydose.core.geometry import window_starts
 
 N, M, n = 8, 20, 6
 
@@ -23,49 +22,6 @@ N, M, n = 8, 20, 6
 def valid():
     """Arrays and metadata of a tiny contract-valid dataset (fresh copy per test)."""
     return example_arrays(n=n, frame=N, object_size=M, dose=1000, seed=3)
-
-
-def save_raw(path: Path, arrays: dict, metadata, **extra) -> Path:
-    """Write members exactly as given (no dtype casting), np.savez layout, like a foreign writer."""
-    members = dict(arrays)
-    if metadata is not None:
-        members["_metadata"] = metadata if isinstance(metadata, np.ndarray) else np.array(json.dumps(metadata))
-    members.update(extra)
-    np.savez(path, **members)  # np.savez pickles object arrays: used to plant payloads
-    return path
-
-
-def replace_member(path: Path, name: str, data: bytes | None, extra: list[tuple[str, bytes]] = ()) -> Path:
-    """Rewrite an NPZ with member ``name`` replaced by raw ``data`` (None: dropped) plus extra members."""
-    with zipfile.ZipFile(path) as zf:
-        members = [(i.filename, zf.read(i)) for i in zf.infolist()]
-    with zipfile.ZipFile(path, "w") as zf:
-        for member, payload in members:
-            if member != name:
-                zf.writestr(member, payload)
-            elif data is not None:
-                zf.writestr(member, data)
-        for member, payload in extra:
-            zf.writestr(member, payload)
-    return path
-
-
-def npy_bytes(header: dict, payload: bytes = b"", version=(1, 0)) -> bytes:
-    """An .npy member with an arbitrary (possibly lying) header."""
-    buf = io.BytesIO()
-    if version == (1, 0):
-        np.lib.format.write_array_header_1_0(buf, header)
-    else:
-        np.lib.format.write_array_header_2_0(buf, header)
-    return buf.getvalue() + payload
-
-
-def errors_of(report) -> list[tuple[str, str]]:
-    return [(p.key, p.message) for p in report.errors]
-
-
-def assert_error(report, key: str, fragment: str) -> None:
-    assert any(p.key == key and fragment in p.message for p in report.errors), report.lines()
 
 
 # --- the passing baseline and the layout ------------------------------------------------------
@@ -91,14 +47,7 @@ def test_written_layout_is_byte_identical_and_uncompressed(tmp_path, valid):
     assert np.load(a, allow_pickle=False)["_metadata"].dtype.kind == "U"
 
 
-def test_example_counts_follow_the_ptychi_forward_model(valid):
-    """Example data: counts = round((d*s)^2) are integers whose mean matches measured_mean_counts."""
-    arrays, meta = valid
-    counts = contract.counts_from_diffraction(arrays["diffraction"], meta["amplitude_scale"])
-    # Exact: the counts are integers stored through float32 amplitudes well below 2^20.
-    assert counts.sum(axis=(1, 2)).mean() == pytest.approx(meta["measured_mean_counts"], rel=0, abs=1e-9)
-    # Poisson mean of sums over 6 patterns of ~dose counts: within 10 % of expectation (>4 sigma).
-    assert meta["measured_mean_counts"] == pytest.approx(meta["expected_mean_counts"], rel=0.1)
+# --- the archive and its members --------------------------------------------------------------
 
 
 def test_empty_file(tmp_path, valid):
@@ -186,19 +135,6 @@ def test_bad_npy_magic_version_and_header(tmp_path, valid):
     assert_error(report, "objectGuess", "unreadable .npy header (ValueError)")
 
 
-def test_corrupt_data_caught_in_full_mode_only(tmp_path):
-    """A flipped data byte fails the CRC in full mode; header-only mode does not read that far."""
-    # Y of 80 patterns is 40 kB: a header read touches only its first block (zipfile reads 4 kB).
-    path = write_contract_npz(tmp_path / "c.npz", *example_arrays(n=80, frame=8, object_size=40))
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo("Y.npy")
-    data[info.header_offset + 30 + len("Y.npy") + info.compress_size - 10] ^= 0xFF
-    path.write_bytes(bytes(data))
-    assert check_npz(path, full=False).ok
-    assert_error(check_npz(path, full=True), "Y", "data unreadable (BadZipFile: Bad CRC-32")
-
-
 def test_compressed_npz_is_read_through_deflate(tmp_path, valid):
     """np.savez_compressed files pass: headers come from the first decompressed bytes."""
     arrays, meta = valid
@@ -222,7 +158,7 @@ def test_unexpected_members_are_warnings(tmp_path, valid):
     ]
 
 
-# --- pickle: never executed ---------------------------------------------------------------------
+# --- pickle: never executed -------------------------------------------------------------------
 
 
 class _Payload:
@@ -263,7 +199,7 @@ def test_pickled_payload_is_reported_never_executed(tmp_path, valid, key):
     assert not marker.exists()
 
 
-# --- per-key rules: presence, dtype, ndim, shapes ----------------------------------------------
+# --- per-key rules: presence, dtype, ndim, shapes ---------------------------------------------
 
 
 @pytest.mark.parametrize("key", list(contract.CONTRACT))
@@ -340,125 +276,7 @@ def test_shape_rules(tmp_path, valid, key, shape, message):
     assert (key, message) in errors_of(report)
 
 
-def test_windows_must_stay_inside_the_object(tmp_path, valid):
-    """A window past the edge fails; windows touching both edges exactly pass."""
-    arrays, meta = valid
-    half = (N - 1) / 2.0
-    # Probe centres with window starts 0 and M - N (the extreme legal positions).
-    arrays["ycoords"][:2] = [half, M - N + half]
-    arrays["xcoords"][:2] = [M - N + half, half]
-    sy, sx = window_starts(np.stack([arrays["ycoords"], arrays["xcoords"]], axis=1), (M, M), N).T
-    arrays["Y"] = np.stack([arrays["objectGuess"][a:a + N, b:b + N] for a, b in zip(sy, sx)])
-    assert sy[:2].tolist() == [0, M - N] and sx[:2].tolist() == [M - N, 0]
-    assert check_npz(write_contract_npz(tmp_path / "edge.npz", arrays, meta)).ok
-    arrays["xcoords"][1] = half - 1.0  # start -1
-    report = check_npz(write_contract_npz(tmp_path / "out.npz", arrays, meta))
-    assert_error(report, "xcoords", "1 windows leave objectGuess (20, 20) (expected 0 <= start and start + 8 <= size "
-                                    "per axis, found start (row 12, column -1) for pattern 1 at (y 15.5, x 2.5))")
-
-
-def test_y_must_equal_the_object_windows(tmp_path, valid):
-    """Y is the integer window of objectGuess at each position: a changed patch is named."""
-    arrays, meta = valid
-    arrays["Y"][4, 2, 3] += 0.5
-    report = check_npz(write_contract_npz(tmp_path / "y.npz", arrays, meta))
-    assert_error(report, "Y", "1 patches differ from their objectGuess window")
-    assert_error(report, "Y", "found first difference at pattern 4")
-
-
-# --- value rules ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("key,index,value", [
-    ("diffraction", (1, 2, 3), np.nan),
-    ("Y", (0, 0, 0), np.inf),
-    ("objectGuess", (5, 5), np.nan),
-    ("probeGuess", (1, 1), complex(np.inf, 0)),
-    ("xcoords", (2,), np.nan),
-    ("ycoords", (0,), -np.inf),
-])
-def test_non_finite_values(tmp_path, valid, key, index, value):
-    """Any NaN or infinity is an error naming the first index; header-only mode does not look."""
-    arrays, meta = valid
-    arrays[key][index] = value
-    path = write_contract_npz(tmp_path / "f.npz", arrays, meta)
-    report = check_npz(path)
-    assert_error(report, key, "1 non-finite values (expected all finite, found")
-    assert_error(report, key, f"at index {contract._shape_text(index)}")
-    assert check_npz(path, full=False).ok
-
-
-def test_negative_diffraction(tmp_path, valid):
-    """diffraction < 0 fails; exact zeros (the boundary) pass."""
-    arrays, meta = valid
-    arrays["diffraction"][0, 0, 0] = 0.0  # zero counts: allowed
-    meta["measured_mean_counts"] = float(
-        contract.counts_from_diffraction(arrays["diffraction"], meta["amplitude_scale"]).sum(axis=(1, 2)).mean())
-    assert check_npz(write_contract_npz(tmp_path / "zero.npz", arrays, meta)).ok
-    arrays["diffraction"][2, 1, 1] = -arrays["diffraction"][2, 1, 1] - 1
-    report = check_npz(write_contract_npz(tmp_path / "neg.npz", arrays, meta))
-    assert_error(report, "diffraction", "1 negative values (expected >= 0, found")
-    assert_error(report, "diffraction", "at index (2, 1, 1)")
-
-
-def test_counts_must_be_integer_recoverable(tmp_path, valid):
-    """(d*s)^2 off an integer by 0.1 % fails; float32-computed amplitudes (~3 ulp) pass."""
-    arrays, meta = valid
-    s = meta["amplitude_scale"]
-    counts = contract.counts_from_diffraction(arrays["diffraction"], s)
-    # A generator working in float32 throughout: sqrt and division rounded in float32 (<= 3u error).
-    arrays["diffraction"] = np.sqrt(counts.astype(np.float32)) / np.float32(s)
-    assert arrays["diffraction"].dtype == np.float32
-    assert check_npz(write_contract_npz(tmp_path / "f32.npz", arrays, meta)).ok
-    arrays["diffraction"] = (arrays["diffraction"] * np.float32(1.001)).astype(np.float32)
-    report = check_npz(write_contract_npz(tmp_path / "off.npz", arrays, meta))
-    assert_error(report, "diffraction", "counts not recoverable as integers")
-
-
-def test_counts_above_float32_resolution_warn(tmp_path):
-    """Counts above 2^20 cannot be proven integer from float32 amplitudes: a warning, not an error."""
-    arrays, meta = example_arrays(n=n, frame=N, object_size=M, dose=10**8)
-    assert contract.counts_from_diffraction(arrays["diffraction"], meta["amplitude_scale"]).max() > 2**20
-    report = check_npz(write_contract_npz(tmp_path / "big.npz", arrays, meta))
-    assert report.ok, report.lines()
-    assert [p.key for p in report.warnings] == ["diffraction"]
-    assert "values exceed 1048576 counts, where float32 amplitudes cannot prove integer counts" in report.warnings[0].message
-
-
-def test_intensity_instead_of_amplitude(tmp_path, valid):
-    """Raw counts stored as diffraction: non-integer (d*s)^2 and mean(d^2) far above 1."""
-    arrays, meta = valid
-    counts = contract.counts_from_diffraction(arrays["diffraction"], meta["amplitude_scale"])
-    arrays["diffraction"] = counts.astype(np.float32)
-    report = check_npz(write_contract_npz(tmp_path / "i.npz", arrays, meta))
-    assert_error(report, "diffraction", "looks like unnormalised intensity, not amplitude / amplitude_scale "
-                                        "(expected mean(diffraction^2) = mean transmission <= 1, found")
-
-
-def test_raw_counts_without_amplitude_scale(tmp_path, valid):
-    """Without amplitude_scale, integer-valued data with max > 1 are called raw counts."""
-    arrays, meta = valid
-    counts = contract.counts_from_diffraction(arrays["diffraction"], meta.pop("amplitude_scale"))
-    # Whole numbers of small size (mean square < 4, so only the integer heuristic can see them).
-    arrays["diffraction"] = np.rint(np.sqrt(counts)).astype(np.float32)
-    report = check_npz(write_contract_npz(tmp_path / "r.npz", arrays, meta))
-    assert_error(report, "_metadata", "'amplitude_scale' is a required property")
-    assert_error(report, "diffraction", "looks like raw counts, not normalised amplitude")
-
-
-def test_scan_index_rules(tmp_path, valid):
-    """scan_index must be non-negative and distinct."""
-    arrays, meta = valid
-    arrays["scan_index"] = np.arange(n, dtype=np.int64)
-    assert check_npz(write_contract_npz(tmp_path / "ok.npz", arrays, meta)).ok
-    arrays["scan_index"][1] = -3
-    arrays["scan_index"][2] = 0
-    report = check_npz(write_contract_npz(tmp_path / "bad.npz", arrays, meta))
-    assert_error(report, "scan_index", "1 negative indices (expected >= 0, found -3)")
-    assert_error(report, "scan_index", "repeated exposures (expected 6 distinct indices, found 5)")
-
-
-# --- _metadata -----------------------------------------------------------------------------------
+# --- _metadata --------------------------------------------------------------------------------
 
 
 def test_metadata_must_be_a_unicode_string(tmp_path, valid):
@@ -516,80 +334,3 @@ def test_metadata_agrees_with_the_arrays(tmp_path, valid, change, key, message):
     arrays, meta = valid
     change(meta)
     assert (key, message) in errors_of(check_npz(write_contract_npz(tmp_path / "a.npz", arrays, meta), full=False))
-
-
-def test_measured_mean_counts_match_the_data(tmp_path, valid):
-    """measured_mean_counts must equal the recovered counts per pattern (full mode)."""
-    arrays, meta = valid
-    true = meta["measured_mean_counts"]
-    meta["measured_mean_counts"] = true * 1.01
-    path = write_contract_npz(tmp_path / "c.npz", arrays, meta)
-    assert check_npz(path, full=False).ok
-    assert errors_of(check_npz(path)) == [(
-        "_metadata/measured_mean_counts",
-        f"does not match the data (expected {true:.9g} = recovered counts per pattern, found {true * 1.01:.9g})")]
-
-
-# --- reading and chunking ------------------------------------------------------------------------
-
-
-def test_read_contract_npz_returns_arrays_and_metadata(tmp_path, valid):
-    """read_contract_npz gives every array with the contract dtype and the parsed metadata."""
-    arrays, meta = valid
-    data = read_contract_npz(write_contract_npz(tmp_path / "r.npz", arrays, meta))
-    assert set(data.arrays) == set(contract.ARRAY_KEYS)
-    for key, spec in contract.CONTRACT.items():
-        if spec.dtype is not None:
-            assert data[key].dtype == spec.dtype
-            np.testing.assert_array_equal(data[key], arrays[key])
-    assert data.metadata == json.loads(json.dumps(meta))
-    assert data.n_images == n and data.warnings == []
-    np.testing.assert_array_equal(data.counts(), contract.counts_from_diffraction(arrays["diffraction"], meta["amplitude_scale"]))
-
-
-def test_read_contract_npz_raises_first_problem_line(tmp_path, valid):
-    """A bad value raises ContractError whose text is the first problem line."""
-    arrays, meta = valid
-    arrays["diffraction"][0, 0, 0] = np.nan
-    path = write_contract_npz(tmp_path / "r.npz", arrays, meta)
-    with pytest.raises(ContractError) as info:
-        read_contract_npz(path)
-    assert str(info.value).startswith(f"{path}: diffraction: 1 non-finite values")
-    assert read_contract_npz(path, check_values=False).n_images == n
-
-
-def test_streamed_chunks_give_the_same_result(tmp_path, valid):
-    """Chunks of one pattern find the same problems (with the same indices) as one big chunk."""
-    arrays, meta = valid
-    arrays["diffraction"][4, 1, 1] = -1.0
-    arrays["Y"][5, 0, 0] = 0
-    path = write_contract_npz(tmp_path / "k.npz", arrays, meta)
-    one = check_npz(path, chunk_bytes=1)
-    big = check_npz(path)
-    assert one.lines() == big.lines() and len(big.errors) >= 2
-
-
-def test_find_npz_files(tmp_path, valid):
-    """Folders are searched recursively and sorted; files named directly are kept; errors name the path."""
-    (tmp_path / "a" / "b").mkdir(parents=True)
-    for rel in ["a/b/z.npz", "a/y.npz", "a/notes.txt"]:
-        (tmp_path / rel).write_bytes(b"")
-    found = contract.find_npz_files([tmp_path / "a", tmp_path / "a" / "y.npz", tmp_path / "a" / "notes.txt"])
-    assert found == [tmp_path / "a/b/z.npz", tmp_path / "a/y.npz", tmp_path / "a/notes.txt"]
-    with pytest.raises(ContractError, match="no such file or folder"):
-        contract.find_npz_files([tmp_path / "nope"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ContractError, match="no .npz files under this folder"):
-        contract.find_npz_files([tmp_path / "empty"])
-
-
-def test_unshifted_diffraction_is_a_warning(tmp_path):
-    """Patterns with DC left in the corner (no fftshift) pass with a warning that fails --strict."""
-    arrays, meta = example_arrays(n=6, frame=16, object_size=40)
-    good = check_npz(write_contract_npz(tmp_path / "good.npz", arrays, meta))
-    assert good.ok and not good.warnings
-    arrays["diffraction"] = np.fft.ifftshift(arrays["diffraction"], axes=(-2, -1))
-    report = check_npz(write_contract_npz(tmp_path / "corner.npz", arrays, meta))
-    assert report.ok and not report.passes(strict=True)
-    assert [w.key for w in report.warnings] == ["diffraction"]
-    assert "DC looks unshifted" in report.warnings[0].message
