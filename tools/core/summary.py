@@ -561,7 +561,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     if not root.is_dir():
         raise StudyError(f"{root}: artifact root not found (a folder holding {MANIFEST_NAME})")
     manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
+    if not manifest_path.exists():
         raise StudyError(f"{root}: no {MANIFEST_NAME}: not an artifact root (run plan-jobs first)")
     manifest = read_json(manifest_path, "reconstruction_manifest")
     check_manifest_paths(manifest, manifest_path.resolve(), at_its_artifact_root=False)
