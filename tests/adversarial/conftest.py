@@ -43,3 +43,34 @@ def outside(tmp_path) -> Path:
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes (to prove nothing changed there)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def real_sweep(tmp_path_factory, smoke_data) -> Path:
+    """A real, tiny pty-chi sweep (smoke design, dose 1000, sparse view, both splits, 2 epochs), read-only.
+
+    Tests that change it work on a copy (:func:`copy_sweep`).
+    """
+    root = tmp_path_factory.mktemp("real_sweep") / "phase_f"
+    plan = run_tool("plan-jobs", "--design", smoke_data["design"], "--phase-c-root", smoke_data["phase_c_root"],
+                    "--phase-d-root", smoke_data["phase_d_root"], "--artifact-root", root, "--dose", "1000",
+                    "--view", "sparse", "--num-epochs", "2")
+    assert plan.returncode == 0, plan.stderr
+    run = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return root
+
+
+def copy_sweep(root: Path, dest: Path) -> Path:
+    """A copy of a sweep whose manifest is re-planned to its new folder (so every tool accepts it)."""
+    import json
+    import shutil
+
+    shutil.copytree(root, dest, symlinks=True)
+    manifest_path = dest / "reconstruction_manifest.json"
+    text = manifest_path.read_text().replace(str(root), str(dest))
+    manifest_path.write_text(text)
+    json.loads(text)
+    for result in dest.glob("dose_*/*/*/result.json"):
+        result.write_text(result.read_text().replace(str(root), str(dest)))
+    return dest
