@@ -16,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from ptychi_checks import check_product_layout, illuminated, phase_rmse
 
-from ptydose.core.executors import FAULT_ENV
 from ptydose.core.jobs import plan_jobs, write_plan
 from ptydose.core.manifests import read_json
+from ptydose.core.run.engines.base import load_inputs
+from ptydose.core.run.worker import FAULT_ENV
 from ptydose.run_ptychi import cli
 
 
@@ -46,7 +47,7 @@ def test_bad_manifest_is_exit_1(tmp_path):
     """A missing or invalid manifest is exit 1 with one line naming the file and the JSON path."""
     result = CliRunner().invoke(cli, ["--manifest", str(tmp_path / "none.json")])
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {tmp_path / 'none.json'}: file not found"
+    assert result.output.strip() == f"Error: {tmp_path / 'none.json'}: JSON file not found"
     bad = tmp_path / "reconstruction_manifest.json"
     bad.write_text(json.dumps({"schema_version": "1.0", "jobs": []}))
     result = CliRunner().invoke(cli, ["--manifest", str(bad)])
@@ -69,6 +70,7 @@ def test_real_run_writes_every_output(smoke_data, tmp_path):
     job_result = read_json(out / "result.json", "job_result")
     assert (job_result["status"], job_result["returncode"], job_result["epochs"]) == ("ok", 0, 8)
     assert job_result["device"] == "cpu" and job_result["versions"]["ptychi"] == "2.2.0"
+    assert (job_result["engine"], job_result["algorithm"]) == ("ptychi", "LSQML")
     log = (out / "ptychi.log").read_text()
     assert "run-ptychi: epoch 4/8" in log and "run-ptychi: epoch 8/8" in log
     assert "INFO ptychi" in log  # pty-chi's own logging is captured too
@@ -82,10 +84,8 @@ def test_real_run_writes_every_output(smoke_data, tmp_path):
         obj = rec["object"]
         np.testing.assert_allclose(rec["loss_values"], [float(r[1]) for r in rows[1:]])
     assert meta["job_id"] == "dose_100000/baseline/train"
-    assert meta["options_hash"] == job_result["options_hash"]
-    from ptydose.core import engine
-
-    inputs = engine.load_inputs(meta["input_npz"])
+    assert meta["options_hash"] == job_result["options_hash"] and meta["engine"] == "ptychi"
+    inputs = load_inputs(meta["input_npz"])
     with np.load(meta["input_npz"], allow_pickle=False) as npz:
         truth = npz["objectGuess"]
     mask = illuminated(inputs.probe, inputs.xcoords, inputs.ycoords, inputs.object_shape)

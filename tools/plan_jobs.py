@@ -7,7 +7,8 @@ import json
 import click
 
 from ._cli import CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
-from .core.jobs import ALGORITHMS, plan_jobs, write_plan
+from .core.jobs import plan_jobs, write_plan
+from .core.run.engines.registry import all_algorithms
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -25,8 +26,8 @@ from .core.jobs import ALGORITHMS, plan_jobs, write_plan
               help="Only this split (repeatable).")
 @click.option("--allow-missing-phase-d", is_flag=True,
               help="Skip jobs whose view NPZ is missing instead of failing.")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default=None,
-              help="pty-chi reconstructor (default: the design's).")
+@click.option("--algorithm", type=click.Choice(all_algorithms()), default=None,
+              help="Reconstruction algorithm of the design's engine (default: the design's).")
 @click.option("--num-epochs", type=click.IntRange(min=1), default=None,
               help="Epochs per job (default: the design's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and skip summary paths and counts as JSON.")

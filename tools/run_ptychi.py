@@ -10,7 +10,7 @@ import sys
 import click
 
 from ._cli import CONTEXT_SETTINGS, EXIT_JOBS_FAILED, fail_on_study_error, verbose_option, version_option
-from .core.executors import run_manifest
+from .core.run.runner import run_manifest
 
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
 

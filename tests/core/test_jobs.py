@@ -73,7 +73,7 @@ def test_job_fields_come_from_the_files_and_design(smoke_data, tmp_path):
         assert job["n_images"] == meta["n_images"]
         assert job["output_dir"] == str(art.resolve() / job["id"])
         assert job["command"] == ["run-ptychi", "--manifest", str(plan.manifest_path), "--only", job["id"]]
-        assert job["algorithm"] == "LSQML" and job["num_epochs"] == 8
+        assert (job["engine"], job["algorithm"], job["num_epochs"]) == ("ptychi", "LSQML", 8)
         assert job["engine_options"]["seed"] == 123  # the design's seeds.grouping
         assert job["engine_options"]["noise_model"] == "gaussian"
     assert manifest["provenance"]["artifact_root"] == str(art.resolve())

@@ -3,7 +3,9 @@
 ``plan_jobs`` turns a design and the two data roots into the ``reconstruction_manifest`` and the
 ``skip_summary`` documents (schemas in ``schemas/``); ``write_plan`` writes them into the
 artifact root, keeping the ``execution_results`` of jobs that are still planned so that a replan
-does not forget what already ran. Nothing here imports torch or pty-chi.
+does not forget what already ran. Engines, their algorithms and option defaults come from the
+engine registry (:mod:`ptydose.core.run.engines.registry`, pure data). Nothing here imports torch
+or pty-chi.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
-
 from .. import __version__
 from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
 from .contract import read_contract_npz
 from .errors import ContractError, ManifestError, StudyError
 from .fileio import sha256_file
 from .manifests import read_json, write_json
+from .run.engines.options import options_mapping
+from .run.engines.registry import DEFAULT_ENGINE, EngineSpec, engine_spec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,6 @@ SKIP_SUMMARY_NAME = "skip_summary.json"
 MANIFEST_SCHEMA = "reconstruction_manifest"
 SKIP_SUMMARY_SCHEMA = "skip_summary"
 RUN_TOOL = "run-ptychi"
-ALGORITHMS = ("LSQML", "PIE", "EPIE", "RPIE", "DM")
 SELECTION_KEYS = ("selection_strategy", "spacing_threshold", "n_accepted", "n_rejected", "acceptance_rate")
 
 
@@ -54,8 +56,14 @@ def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_roo
 
 
 def options_hash(job: dict) -> str:
-    """sha256 of what determines a reconstruction besides its input: resume compares it."""
+    """sha256 of what determines a reconstruction besides its input: resume compares it.
+
+    The engine enters only when it is not the default one, so that jobs planned before engines
+    were named keep their hash (and resume).
+    """
     keyed = {"algorithm": job["algorithm"], "num_epochs": job["num_epochs"], "engine_options": job["engine_options"]}
+    if job.get("engine", DEFAULT_ENGINE) != DEFAULT_ENGINE:
+        keyed["engine"] = job["engine"]
     return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()
 
 
@@ -77,19 +85,15 @@ def selection_figures(meta: dict, path: str | os.PathLike) -> dict:
     return figures
 
 
+def design_engine(design: StudyDesign) -> EngineSpec:
+    """The design's engine (``reconstruction.engine``, the default engine when absent)."""
+    return engine_spec(design.reconstruction.get("engine", DEFAULT_ENGINE))
+
+
 def engine_options(design: StudyDesign) -> dict:
-    """Reconstruction settings from the design (LSQML defaults where the design is silent)."""
-    rec = design.reconstruction
-    return {
-        "noise_model": rec["noise_model"],
-        "batch_size": int(rec["batch_size"]),
-        "optimize_probe": bool(rec.get("optimize_probe", True)),
-        "probe_update_start_epoch": int(rec.get("probe_update_start_epoch", 1)),
-        "seed": int(design.seeds["grouping"]),
-        "chunk_epochs": int(rec.get("chunk_epochs", 10)),
-        "wavelength_m": design.wavelength_m,
-        "object_pixel_size_m": design.object_pixel_size_m,
-    }
+    """The design's ``engine_options`` for its engine, checked by building the engine's typed record."""
+    spec = design_engine(design)
+    return options_mapping(spec.options(spec.design_options(design)))
 
 
 def instrument(design: StudyDesign) -> dict:
@@ -166,9 +170,8 @@ def plan_jobs(
     _check_filter("dose", doses, design.doses, "--dose")
     _check_filter("view", views, design.views, "--view")
     _check_filter("split", splits, design.splits, "--split")
-    algorithm = algorithm or design.reconstruction["algorithm"]
-    if algorithm not in ALGORITHMS:
-        raise StudyError(f"--algorithm {algorithm}: not one of {', '.join(ALGORITHMS)}")
+    spec = design_engine(design)
+    algorithm = spec.check_algorithm(algorithm or design.reconstruction["algorithm"])
     epochs = int(num_epochs) if num_epochs is not None else int(design.reconstruction["num_epochs"])
     if epochs < 1:
         raise StudyError(f"--num-epochs {epochs}: must be >= 1")
@@ -216,6 +219,7 @@ def plan_jobs(
                     "input_sha256": sha256_file(path),
                     "n_images": n_images,
                     "output_dir": str(artifacts / the_id),
+                    "engine": spec.name,
                     "algorithm": algorithm,
                     "num_epochs": epochs,
                     "engine_options": dict(options),

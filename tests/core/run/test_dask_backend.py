@@ -1,4 +1,4 @@
-"""run-ptychi --scheduler: jobs on a (loopback-only) Dask LocalCluster, recorded like local workers."""
+"""The runner on the Dask backend: jobs on a (loopback-only) LocalCluster, recorded like local workers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ptydose.core.executors import FAULT_ENV, run_manifest
+from ptydose import __version__
 from ptydose.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
 from ptydose.core.manifests import read_json
+from ptydose.core.run.runner import run_manifest
+from ptydose.core.run.worker import FAULT_ENV
 from ptydose.run_ptychi import cli
 
 pytestmark = pytest.mark.slow  # real pty-chi runs on a spawned Dask worker (seconds each)
@@ -135,11 +137,16 @@ def test_raising_and_crashing_jobs_on_scheduler(smoke_data, tmp_path, start_clus
     assert (crashed["status"], crashed["returncode"]) == ("crashed", None)
     log = (art / "dose_1000" / "sparse" / "test" / "ptychi.log").read_text()
     assert "fault injection: exit" in log and f"run-ptychi: {crashed['error']}" in log
-    # The parent found the broken input before submitting it, with the error a worker would give.
+    # The broken input was sent (the parent reads no input in full) and its Dask worker's contract check
+    # failed it, exactly as a local worker does: error line, return code and traceback in the job's log.
     assert lines["dose_1000/dense/train"].startswith("failed\tContractError: ") and "diffraction" in lines[
         "dose_1000/dense/train"]
+    broken = read_json(art / "dose_1000" / "dense" / "train" / "result.json", "job_result")
+    assert (broken["status"], broken["returncode"], broken["device"]) == ("failed", 1, "cpu")
     log = (art / "dose_1000" / "dense" / "train" / "ptychi.log").read_text()
-    assert "run-ptychi: input check before submission failed: ContractError: " in log
+    assert f"run-ptychi {__version__}: job dose_1000/dense/train on cpu (worker pid " in log
+    assert "Traceback" in log and log.rstrip().splitlines()[-1].endswith(broken["error"])
+    assert "input check before submission" not in log
     assert "1 ok, 2 failed, 0 timed out, 1 crashed" in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Executing manifests: isolation of failures and crashes, timeouts, resume and write-back."""
+"""The runner on local worker processes: isolation of failures and crashes, timeouts, resume, write-back."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from ptydose.core.errors import StudyError
-from ptydose.core.executors import FAULT_ENV, fault_for, run_manifest
-from ptydose.core.jobs import MANIFEST_SCHEMA, plan_jobs, write_plan
-from ptydose.core.manifests import read_json
+from ptydose.core.jobs import MANIFEST_SCHEMA, options_hash, plan_jobs, write_plan
+from ptydose.core.manifests import read_json, write_json
+from ptydose.core.run.runner import run_manifest
+from ptydose.core.run.worker import FAULT_ENV
 
 pytestmark = pytest.mark.slow  # real pty-chi runs in spawned workers (seconds each)
 
@@ -123,12 +124,35 @@ def test_unknown_only_job_is_bad_input(smoke_data, tmp_path):
         run_manifest(manifest, only=["dose_5/dense/train"], dry_run=True)
 
 
-def test_fault_injection_parsing(monkeypatch):
-    """The fault-injection variable maps job ids to modes and rejects unknown modes."""
-    monkeypatch.setenv(FAULT_ENV, "dose_1/a/train=raise, dose_1/b/test=hang")
-    assert fault_for("dose_1/a/train") == "raise"
-    assert fault_for("dose_1/b/test") == "hang"
-    assert fault_for("dose_1/c/test") is None
-    monkeypatch.setenv(FAULT_ENV, "dose_1/a/train=explode")
-    with pytest.raises(StudyError, match="unknown mode 'explode'"):
-        fault_for("dose_1/a/train")
+def test_an_input_gone_since_planning_fails_before_submission(smoke_data, tmp_path):
+    """An input deleted after planning fails its job in the parent (cheap check), noted in its log; the rest run."""
+    data = _copy_dose(smoke_data, tmp_path)
+    manifest = _plan(data, tmp_path / "art", views=["sparse"])
+    gone = data["phase_d_root"] / "dose_1000" / "sparse" / "sparse_train.npz"
+    gone.unlink()
+    report = run_manifest(manifest, device="cpu", echo=lambda line: None)
+    assert [(o.job_id, o.status, o.error) for o in report.outcomes] == [
+        ("dose_1000/sparse/train", "failed",
+         f"StudyError: {gone.resolve()}: not a regular file (moved or deleted since planning?)"),
+        ("dose_1000/sparse/test", "ok", None)]
+    log = (tmp_path / "art" / "dose_1000" / "sparse" / "train" / "ptychi.log").read_text()
+    assert log == f"\nrun-ptychi: input check before submission failed: {report.outcomes[0].error}\n"
+    result = read_json(tmp_path / "art" / "dose_1000" / "sparse" / "train" / "result.json", "job_result")
+    assert (result["status"], result["returncode"], result["device"]) == ("failed", 1, None)
+
+
+def test_a_manifest_planned_before_engines_were_named_resumes(smoke_data, tmp_path):
+    """Jobs without an "engine" field run as pty-chi, with the options hash they always had; a rerun resumes."""
+    manifest = _plan(smoke_data, tmp_path / "art", views=["sparse"], splits=["test"])
+    doc = read_json(manifest, MANIFEST_SCHEMA)
+    job = doc["jobs"][0]
+    hash_with_engine = options_hash(job)
+    assert job.pop("engine") == "ptychi"
+    write_json(manifest, doc, MANIFEST_SCHEMA)
+    assert options_hash(job) == hash_with_engine
+    first = run_manifest(manifest, device="cpu", echo=lambda line: None)
+    assert [(o.status, o.resumed) for o in first.outcomes] == [("ok", False)]
+    result = read_json(tmp_path / "art" / "dose_1000" / "sparse" / "test" / "result.json", "job_result")
+    assert (result["engine"], result["options_hash"]) == ("ptychi", hash_with_engine)
+    second = run_manifest(manifest, device="cpu", echo=lambda line: None)
+    assert [(o.status, o.resumed) for o in second.outcomes] == [("ok", True)]

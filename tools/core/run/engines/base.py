@@ -1,0 +1,77 @@
+"""The engine interface: one contract NPZ's measured data + options in, a reconstruction out.
+
+An engine never sees the ground truth. :func:`load_inputs` checks the whole file against the data
+contract (which needs ``objectGuess`` and ``Y``) and keeps only what a measurement would give:
+counts, the probe guess, positions, ``scan_index``, the object's *shape* (the frame the
+reconstruction is laid out in, so it compares with ``objectGuess`` pixel for pixel) and the
+metadata. :class:`EngineInputs` has no field that could carry ``objectGuess`` or ``Y`` values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from ...contract import read_contract_npz
+
+#: ``progress(epochs_done, num_epochs, last_loss, seconds_in_the_engine)`` after each chunk of epochs.
+ProgressCallback = Callable[[int, int, "float | None", float], None]
+
+
+@dataclass(frozen=True)
+class EngineInputs:
+    """What an engine gets from one contract NPZ: measured data and geometry, never ground truth."""
+
+    counts: np.ndarray  # float32 (n, N, N), DC-centred photon counts
+    probe: np.ndarray  # complex64 (N, N): probeGuess
+    xcoords: np.ndarray  # float64 (n,), object pixel-index frame
+    ycoords: np.ndarray
+    scan_index: np.ndarray  # int64 (n,)
+    object_shape: tuple[int, int]  # the objectGuess frame (its values are not passed)
+    metadata: dict
+
+
+@dataclass
+class EngineResult:
+    """A reconstruction, laid out in the objectGuess frame."""
+
+    object: np.ndarray  # complex64 (M, M')
+    probe: np.ndarray  # complex64 (N, N), first mode
+    positions_x_px: np.ndarray  # float64, xcoords frame
+    positions_y_px: np.ndarray
+    loss_epochs: np.ndarray  # int64
+    loss_values: np.ndarray  # float64
+    reconstruction_s: float  # seconds inside the engine's own iterations
+    checkpoints: Mapping[int, np.ndarray] = field(default_factory=dict)  # epoch -> object, if the engine keeps any
+
+
+class Engine(Protocol):
+    """A reconstruction method. Heavy imports happen in :meth:`load`, once per worker process."""
+
+    def load(self) -> None:
+        """Import what the engine needs (torch, the method's package); raises if it cannot."""
+
+    def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: Any, *,
+                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
+        """Reconstruct ``inputs`` with ``algorithm`` for ``num_epochs``; ``options`` is the engine's record."""
+
+
+def load_inputs(path: str | os.PathLike) -> EngineInputs:
+    """Read a contract NPZ after checking it against the data contract (never with pickle).
+
+    A violation raises :class:`ContractError` with the first problem line, before any compute.
+    """
+    data = read_contract_npz(path, check_values=True)
+    # counts = round((diffraction * amplitude_scale)^2), exactly as gen-synthetic stored them.
+    return EngineInputs(
+        counts=data.counts().astype(np.float32),
+        probe=data["probeGuess"].astype(np.complex64),
+        xcoords=data["xcoords"].astype(np.float64),
+        ycoords=data["ycoords"].astype(np.float64),
+        scan_index=data["scan_index"].astype(np.int64),
+        object_shape=tuple(int(s) for s in data["objectGuess"].shape),
+        metadata=dict(data.metadata),
+    )

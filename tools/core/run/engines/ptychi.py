@@ -1,0 +1,110 @@
+"""The pty-chi 2.x engine: counts in, a reconstruction in the objectGuess frame out.
+
+Conventions (see ``tools/core/physics.py``): pty-chi takes photon *counts*, DC-centred
+(``data_options.fft_shift=True``), positions ``p = c - O`` with ``O = round(M / 2) - 0.5``, and an
+object buffer in the same frame as ``objectGuess`` so that the reconstruction compares with the
+ground truth pixel for pixel. The object starts flat (ones) -- the engine never gets
+``objectGuess`` -- and the probe from ``probeGuess``. torch and ptychi are imported in
+:meth:`PtychiEngine.load`, once per worker, never by planning or the parent of ``run-ptychi``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ...errors import EngineError
+from ...geometry import position_origin
+from .base import EngineInputs, EngineResult, ProgressCallback
+from .options import PtychiOptions
+
+
+def options_class_name(algorithm: str) -> str:
+    """The ``ptychi.api`` options class of an algorithm (``LSQML`` -> ``LSQMLOptions``)."""
+    return f"{algorithm}Options"
+
+
+def ptychi_api() -> Any:
+    """``ptychi.api`` (imports torch and ptychi: seconds, once per process)."""
+    import ptychi.api as api
+
+    return api
+
+
+def build_options(algorithm: str, num_epochs: int, options: PtychiOptions, device: str) -> Any:
+    """pty-chi task options for one job (``device``: ``cpu`` or ``cuda``)."""
+    api = ptychi_api()
+    options_class = getattr(api, options_class_name(algorithm), None)
+    if options_class is None:
+        raise EngineError(f"algorithm {algorithm}: pty-chi has no {options_class_name(algorithm)}")
+    task_options = options_class()
+    task_options.data_options.fft_shift = True  # our diffraction is DC-centred
+    task_options.data_options.wavelength_m = options.wavelength_m
+    task_options.object_options.pixel_size_m = options.object_pixel_size_m
+    task_options.object_options.optimizable = True
+    task_options.probe_options.optimizable = options.optimize_probe
+    task_options.probe_options.optimization_plan.start = options.probe_update_start_epoch
+    task_options.probe_position_options.optimizable = False
+    rec = task_options.reconstructor_options
+    rec.num_epochs = int(num_epochs)
+    rec.batch_size = options.batch_size
+    rec.random_seed = options.seed
+    rec.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
+    if algorithm == "LSQML":
+        rec.noise_model = api.NoiseModels(options.noise_model)
+    return task_options
+
+
+class PtychiEngine:
+    """pty-chi's reconstructors behind the engine interface."""
+
+    def load(self) -> None:
+        ptychi_api()
+        import torch  # noqa: F401  (the heavy import is the point)
+
+    def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: PtychiOptions, *,
+                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
+        """Run pty-chi in chunks of ``options.chunk_epochs`` epochs, reporting progress after each chunk."""
+        from ptychi.api.task import PtychographyTask
+
+        origin_y, origin_x = position_origin(inputs.object_shape)
+        flat_object = np.ones((1, *inputs.object_shape), dtype=np.complex64)  # never objectGuess
+        task = PtychographyTask(
+            build_options(algorithm, num_epochs, options, device),
+            diffraction_data=inputs.counts,
+            object_data=flat_object,
+            probe_data=inputs.probe[None, None],
+            probe_position_x_px=inputs.xcoords - origin_x,
+            probe_position_y_px=inputs.ycoords - origin_y,
+        )
+        run_s = 0.0
+        done = 0
+        while done < num_epochs:
+            n = min(options.chunk_epochs, num_epochs - done)
+            start = time.perf_counter()
+            task.run(n_epochs=n)
+            run_s += time.perf_counter() - start
+            done += n
+            if progress is not None:
+                progress(done, num_epochs, _last_loss(task), run_s)
+        table = task.reconstructor.loss_tracker.table
+        obj = task.get_data_to_cpu("object", as_numpy=True)
+        if obj.shape[-2:] != inputs.object_shape:
+            raise EngineError(f"pty-chi returned an object of shape {obj.shape}, expected {inputs.object_shape}")
+        probe = task.get_data_to_cpu("probe", as_numpy=True)
+        return EngineResult(
+            object=obj[0].astype(np.complex64),
+            probe=probe.reshape(-1, *probe.shape[-2:])[0].astype(np.complex64),
+            positions_x_px=task.get_probe_positions_x(as_numpy=True).astype(np.float64) + origin_x,
+            positions_y_px=task.get_probe_positions_y(as_numpy=True).astype(np.float64) + origin_y,
+            loss_epochs=table["epoch"].to_numpy(dtype=np.int64),
+            loss_values=table["loss"].to_numpy(dtype=np.float64),
+            reconstruction_s=run_s,
+        )
+
+
+def _last_loss(task: Any) -> float | None:
+    table = task.reconstructor.loss_tracker.table
+    return float(table["loss"].iloc[-1]) if len(table) else None

@@ -1,0 +1,84 @@
+"""The files of a job folder and the writers of the reconstruction's own outputs.
+
+``reconstruction.npz`` (object, probe, positions, losses, ``_metadata`` JSON string; optional
+checkpoints), ``losses.csv`` and ``product.h5`` (Ptychodus) are written by the worker, each
+atomically; ``result.json`` only by :mod:`.recording`; ``ptychi.log`` holds everything the job
+printed plus the runner's notes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ... import __version__
+from ..fileio import atomic_output
+from ..product import ProductMetadata, write_product
+from .engines.base import EngineInputs, EngineResult
+from .engines.registry import engine_spec
+from .records import WorkItem
+
+LOG_NAME = "ptychi.log"
+RESULT_NAME = "result.json"
+OUTPUT_FILES = ("reconstruction.npz", "losses.csv", "product.h5")
+
+
+def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, metadata: dict) -> Path:
+    """``reconstruction.npz``: object, probe, positions, losses and a JSON ``_metadata`` string."""
+    arrays = {
+        "object": result.object.astype(np.complex64),
+        "probe": result.probe.astype(np.complex64),
+        "positions_x_px": result.positions_x_px.astype(np.float64),
+        "positions_y_px": result.positions_y_px.astype(np.float64),
+        "loss_epochs": result.loss_epochs.astype(np.int64),
+        "loss_values": result.loss_values.astype(np.float64),
+        "_metadata": np.array(json.dumps(metadata, sort_keys=True)),
+    }
+    if result.checkpoints:
+        epochs = sorted(result.checkpoints)
+        arrays["checkpoint_epochs"] = np.asarray(epochs, dtype=np.int64)
+        arrays["checkpoint_objects"] = np.stack([result.checkpoints[e] for e in epochs]).astype(np.complex64)
+    with atomic_output(path) as handle:
+        np.savez(handle, **arrays)
+    return Path(path)
+
+
+def write_losses_csv(path: str | os.PathLike, epochs: np.ndarray, values: np.ndarray) -> Path:
+    buffer = io.StringIO()
+    buffer.write("epoch,loss\n")
+    for epoch, value in zip(epochs, values):
+        buffer.write(f"{int(epoch)},{float(value)!r}\n")
+    with atomic_output(path, "w") as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)
+
+
+def write_job_outputs(item: WorkItem, inputs: EngineInputs, result: EngineResult) -> None:
+    """The three output files of one finished reconstruction, in the job's folder."""
+    job, inst = item.job, item.instrument
+    out = job.output_dir
+    meta = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
+            "input_npz": job.input_npz, "input_sha256": job.input_sha256, "engine": job.engine,
+            "algorithm": job.algorithm, "num_epochs": job.num_epochs, "options_hash": job.options_hash}
+    write_reconstruction_npz(out / "reconstruction.npz", result, meta)
+    write_losses_csv(out / "losses.csv", result.loss_epochs, result.loss_values)
+    title = engine_spec(job.engine).title
+    write_product(
+        out / "product.h5",
+        ProductMetadata(
+            name=f"{item.design_name} {job.id}",
+            comments=f"{title} {job.algorithm} {job.num_epochs} epochs from {job.input_npz}"
+                     f" (sha256 {job.input_sha256}); written by run-ptychi {__version__}",
+            detector_object_distance_m=inst.detector_distance_m,
+            photon_energy_eV=inst.photon_energy_eV,
+            probe_photon_count=float(job.dose),
+            exposure_time_s=inst.exposure_time_s,
+            pixel_size_m=inst.object_pixel_size_m,
+        ),
+        result.object, result.probe, result.positions_x_px, result.positions_y_px,
+        inputs.scan_index, result.loss_epochs, result.loss_values,
+    )
