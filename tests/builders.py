@@ -131,14 +131,16 @@ def member_bytes(array: np.ndarray) -> bytes:
 
 @dataclass
 class RawMember:
-    """One zip member as it will be written: ``payload`` goes to disk as is (already compressed)."""
+    """One zip member as it will be written: ``payload`` goes to disk as is (already compressed),
+    followed by ``zeros`` zero bytes left as a hole (a sparse file: no disk, no memory)."""
 
     name: str
     payload: bytes
     method: int = zipfile.ZIP_STORED
-    file_size: int | None = None  # declared uncompressed size (default: len(payload))
-    crc: int | None = None  # default: CRC-32 of the payload
+    file_size: int | None = None  # declared uncompressed size (default: the bytes on disk)
+    crc: int | None = None  # default: CRC-32 of the bytes on disk
     flags: int = 0
+    zeros: int = 0
 
 
 def deflate(data: bytes) -> bytes:
@@ -147,49 +149,87 @@ def deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
+def crc_with_zeros(prefix: bytes, zero_bytes: int, block: int = 1 << 20) -> int:
+    crc, zeros = zlib.crc32(prefix), bytes(block)
+    for _ in range(zero_bytes // block):
+        crc = zlib.crc32(zeros, crc)
+    return zlib.crc32(bytes(zero_bytes % block), crc)
+
+
 def deflated_zeros(prefix: bytes, zero_bytes: int, block: int = 1 << 20) -> tuple[bytes, int]:
     """Raw deflate of ``prefix`` + ``zero_bytes`` zeros and its CRC-32, made without deflating them all.
 
     After a full flush deflate starts afresh, so each 1 MiB block of zeros compresses to the same
-    bytes: one block is deflated and repeated (a deflate bomb in milliseconds).
+    bytes: one block is deflated and repeated (a deflate bomb in a fraction of a second).
     """
     assert zero_bytes % block == 0
     c = zlib.compressobj(6, zlib.DEFLATED, -15)
     head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
     piece = c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
-    again = c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
-    assert piece == again
-    tail = c.flush(zlib.Z_FINISH)
-    crc = zlib.crc32(prefix)
-    zero_block_crc = bytes(block)
-    for _ in range(zero_bytes // block):
-        crc = zlib.crc32(zero_block_crc, crc)
-    return head + piece * (zero_bytes // block) + tail, crc
+    assert piece == c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
+    return head + piece * (zero_bytes // block) + c.flush(zlib.Z_FINISH), crc_with_zeros(prefix, zero_bytes, block)
+
+
+def _zip64_fields(**values: int) -> tuple[dict[str, int], bytes]:
+    """32-bit header fields (0xFFFFFFFF where a value overflows) and the zip64 extra holding those values."""
+    fields, wide = {}, []
+    for name, value in values.items():  # order: file size, compressed size, header offset (zip spec)
+        fields[name] = min(0xFFFFFFFF, value)
+        if value >= 0xFFFFFFFF:
+            wide.append(value)
+    extra = struct.pack(f"<HH{len(wide)}Q", 1, 8 * len(wide), *wide) if wide else b""
+    return fields, extra
 
 
 def write_raw_zip(path: Path, members: list[RawMember]) -> Path:
-    """A zip archive with exactly these records (zip64 extra fields where sizes need them)."""
-    out = bytearray()
+    """A zip archive with exactly these records (zip64 fields and end records where sizes need them)."""
     central = bytearray()
-    for m in members:
-        name = m.name.encode()
-        size = len(m.payload) if m.file_size is None else m.file_size
-        crc = zlib.crc32(m.payload) if m.crc is None else m.crc
-        csize = len(m.payload)
-        big = size >= 0xFFFFFFFF or csize >= 0xFFFFFFFF
-        extra = struct.pack("<HHQQ", 1, 16, size, csize) if big else b""
-        size32, csize32 = (0xFFFFFFFF, 0xFFFFFFFF) if big else (size, csize)
-        offset = len(out)
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45 if big else 20, m.flags, m.method, 0, 0x21,
-                           crc, csize32, size32, len(name), len(extra)) + name + extra + m.payload
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45 if big else 20, 45 if big else 20, m.flags,
-                               m.method, 0, 0x21, crc, csize32, size32, len(name), len(extra), 0, 0, 0, 0o644 << 16,
-                               offset) + name + extra
-    cd_offset = len(out)
-    out += central
-    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), cd_offset, 0)
-    path.write_bytes(bytes(out))
+    with open(path, "wb") as out:
+        for m in members:
+            name = m.name.encode()
+            csize = len(m.payload) + m.zeros
+            size = csize if m.file_size is None else m.file_size
+            crc = (crc_with_zeros(m.payload, m.zeros) if m.zeros else zlib.crc32(m.payload)) if m.crc is None else m.crc
+            offset = out.tell()
+            local, local_extra = _zip64_fields(size=size, csize=csize)
+            out.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, m.flags, m.method, 0, 0x21, crc,
+                                  local["csize"], local["size"], len(name), len(local_extra)) + name + local_extra)
+            out.write(m.payload)
+            out.seek(m.zeros, io.SEEK_CUR)
+            cd, cd_extra = _zip64_fields(size=size, csize=csize, offset=offset)
+            central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, m.flags, m.method, 0, 0x21, crc,
+                                   cd["csize"], cd["size"], len(name), len(cd_extra), 0, 0, 0, 0o644 << 16,
+                                   cd["offset"]) + name + cd_extra
+        cd_offset = out.tell()
+        out.write(central)
+        if cd_offset >= 0xFFFFFFFF:
+            record_offset = out.tell()
+            out.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, len(members), len(members),
+                                  len(central), cd_offset))
+            out.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, record_offset, 1))
+        out.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central),
+                              min(cd_offset, 0xFFFFFFFF), 0))
     return path
+
+
+def contract_members(arrays: dict[str, np.ndarray], metadata: dict, **replace: RawMember) -> list[RawMember]:
+    """The stored members of a contract file in contract order, some replaced (by key)."""
+    keys = ["diffraction", "Y", "objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index"]
+    members = {key: RawMember(f"{key}.npy", member_bytes(np.asarray(arrays[key]))) for key in keys}
+    members["_metadata"] = RawMember("_metadata.npy", member_bytes(np.array(json.dumps(metadata))))
+    members.update(replace)
+    return list(members.values())
+
+
+def sparse_files_supported(folder: Path) -> bool:
+    """True when a file with a 64 MiB hole takes (almost) no disk here, so huge sparse members are safe."""
+    probe = folder / ".sparse_probe"
+    with open(probe, "wb") as handle:
+        handle.seek(64 << 20)
+        handle.write(b"\0")
+    blocks = probe.stat().st_blocks
+    probe.unlink()
+    return blocks * 512 < (1 << 20)
 
 
 # --- asserting on reports ---------------------------------------------------------------------------

@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from builders import example_arrays
+from builders import RawMember, contract_members, example_arrays, npy_header, sparse_files_supported, write_raw_zip
 
 from ptydose.core import contract
-from ptydose.core.contract import read_contract_npz, write_contract_npz
+from ptydose.core.contract import check_npz, read_contract_npz, write_contract_npz
 from ptydose.core.errors import ContractError
+from ptydose.core.geometry import position_origin
+from ptydose.core.physics import ForwardModel, object_windows
+from ptydose.core.safepath import available_memory_bytes
 
 N, M, n = 8, 20, 6
 
@@ -74,3 +77,60 @@ def test_find_npz_files(tmp_path, valid):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ContractError, match="no .npz files under this folder"):
         contract.find_npz_files([tmp_path / "empty"])
+
+
+def test_example_data_come_from_the_forward_model(valid):
+    """The builder's probe carries the dose, its Y are object_windows, its expected counts ForwardModel's."""
+    arrays, meta = valid
+    probe = arrays["probeGuess"].astype(np.complex128)
+    # sum |fft2(P)|^2 = N^2 sum |P|^2 = dose; the probe is stored as complex64 (relative error ~1e-7).
+    assert (N * N * np.sum(np.abs(probe) ** 2)) == pytest.approx(meta["dose"], rel=1e-6)
+    coords = np.stack([arrays["ycoords"], arrays["xcoords"]], axis=1)
+    np.testing.assert_array_equal(arrays["Y"], object_windows(arrays["objectGuess"], coords, N))
+    expected = ForwardModel(probe, arrays["objectGuess"]).intensities(coords).astype(np.float64)
+    # Same model on the complex64-stored probe: float32 intensities summed over 64 pixels, rel 1e-5.
+    assert expected.sum(axis=(1, 2)).mean() == pytest.approx(meta["expected_mean_counts"], rel=1e-5)
+
+
+# --- memory limits -------------------------------------------------------------------------------
+
+
+def test_read_refuses_arrays_beyond_the_memory_limit(tmp_path, valid):
+    """Declared sizes are compared with the memory limit before loading: one line naming the largest array."""
+    arrays, meta = valid
+    path = write_contract_npz(tmp_path / "m.npz", arrays, meta)
+    total = sum(arrays[key].nbytes for key in contract.ARRAY_KEYS)
+    with pytest.raises(ContractError) as info:
+        read_contract_npz(path, check_values=False, memory_limit=total - 1)
+    assert str(info.value) == (f"{path}: objectGuess: too large to load (expected the 7 arrays to fit in the "
+                               f"{total - 1} bytes of memory available, found {total} bytes needed, "
+                               f"{M * M * 8} bytes of it objectGuess)")
+    assert read_contract_npz(path, check_values=False, memory_limit=total).n_images == n  # the boundary fits
+    # Value checks need working memory on top of the arrays; a subset needs only its own bytes.
+    with pytest.raises(ContractError, match="objectGuess: too large to load"):
+        read_contract_npz(path, memory_limit=total)
+    probe = read_contract_npz(path, check_values=False, keys=("probeGuess",), memory_limit=N * N * 8)
+    np.testing.assert_array_equal(probe["probeGuess"], arrays["probeGuess"])
+
+
+def test_read_refuses_a_stored_object_larger_than_memory(tmp_path, valid):
+    """A structurally valid file whose stored objectGuess is twice the available memory (a sparse hole):
+    header checks pass, metadata can be read, and loading it is refused before any allocation."""
+    if not sparse_files_supported(tmp_path):
+        pytest.skip("this filesystem has no sparse files: the test would write the whole object")
+    arrays, meta = valid
+    cols = 1 << 16
+    rows = (2 * available_memory_bytes() + (1 << 30)) // (cols * 8) + 1
+    meta["position_origin"] = position_origin((rows, cols)).tolist()
+    # CRC 0: the data are never read; only the headers are.
+    member = RawMember("objectGuess.npy", npy_header("<c8", (rows, cols)), zeros=rows * cols * 8, crc=0)
+    path = write_raw_zip(tmp_path / "huge.npz", contract_members(arrays, meta, objectGuess=member))
+    assert path.stat().st_size > 2 * available_memory_bytes() and path.stat().st_blocks * 512 < 1 << 20
+    assert check_npz(path, full=False).lines() == []
+    assert read_contract_npz(path, check_values=False, keys=()).metadata["n_images"] == n
+    for kwargs in ({}, {"check_values": False, "keys": ("objectGuess",)}):
+        with pytest.raises(ContractError) as info:
+            read_contract_npz(path, **kwargs)
+        message = str(info.value)
+        assert message.startswith(f"{path}: objectGuess: too large to load (expected the ")
+        assert f"{rows * cols * 8 / 2**30:.1f} GiB of it objectGuess)" in message

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import zipfile
 
 import numpy as np
@@ -9,7 +12,9 @@ import pytest
 from builders import assert_error, errors_of, example_arrays
 
 from ptydose.core import contract
-from ptydose.core.contract import check_npz, write_contract_npz
+from ptydose.core.contract import check_npz, streaming, write_contract_npz
+from ptydose.core.contract.streaming import RowAccess
+from ptydose.core.contract.structure import inspect
 from ptydose.core.geometry import window_starts
 
 N, M, n = 8, 20, 6
@@ -194,3 +199,90 @@ def test_unshifted_diffraction_is_a_warning(tmp_path):
     assert report.ok and not report.passes(strict=True)
     assert [w.key for w in report.warnings] == ["diffraction"]
     assert "DC looks unshifted" in report.warnings[0].message
+
+
+def _write(path, arrays, meta, deflated: bool):
+    """The contract layout (stored) or np.savez_compressed members (deflated)."""
+    if not deflated:
+        return write_contract_npz(path, arrays, meta)
+    np.savez_compressed(path, **arrays, _metadata=np.array(json.dumps(meta)))
+    return path
+
+
+@pytest.fixture()
+def shuffled():
+    """60 patterns in random order over a 40 x 40 object: a band of patterns spans the whole object."""
+    arrays, meta = example_arrays(n=60, frame=N, object_size=40, dose=1000, seed=5)
+    order = np.random.default_rng(1).permutation(60)
+    for key in ("diffraction", "Y", "xcoords", "ycoords", "scan_index"):
+        arrays[key] = np.ascontiguousarray(arrays[key][order])
+    return arrays, meta
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["stored", "deflated"])
+@pytest.mark.parametrize("chunk_bytes", [1, 3000, contract.DEFAULT_CHUNK_BYTES])
+def test_streamed_window_check_finds_the_one_changed_pattern(tmp_path, shuffled, deflated, chunk_bytes):
+    """Y differing from its object window in one pattern is found, at its index, whatever the band size.
+
+    With 1-byte bands every window is its own block (per-row reads); 3000 bytes groups a few
+    windows per block; the default reads the whole object in one block. Deflated files are
+    compared through the decompressed copy of objectGuess.
+    """
+    arrays, meta = shuffled
+    assert check_npz(_write(tmp_path / "ok.npz", arrays, meta, deflated), chunk_bytes=chunk_bytes).lines() == []
+    arrays["Y"][37, 3, 4] += np.complex64(1e-3)
+    sy, sx = window_starts(np.stack([arrays["ycoords"], arrays["xcoords"]], axis=1), (40, 40), N).T
+    report = check_npz(_write(tmp_path / "y.npz", arrays, meta, deflated), chunk_bytes=chunk_bytes)
+    assert errors_of(report) == [("Y", f"1 patches differ from their objectGuess window (expected Y[j] == "
+                                       f"objectGuess[s_y:s_y+N, s_x:s_x+N] at the xcoords/ycoords window, found first "
+                                       f"difference at pattern 37, window start (row {sy[37]}, column {sx[37]}))")]
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["stored", "deflated"])
+def test_object_blocks_read_in_place_equal_the_array(tmp_path, deflated):
+    """RowAccess blocks (whole-row reads within budget, per-row reads beyond) equal slices of objectGuess."""
+    arrays, meta = example_arrays(n=6, frame=N, object_size=37, seed=2)
+    path = _write(tmp_path / "o.npz", arrays, meta, deflated)
+    obj = arrays["objectGuess"]
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path) as zf:
+        report = contract.FileReport(path=path, size_bytes=path.stat().st_size)
+        header = inspect(zf, report).headers["objectGuess"]
+        assert header.compressed is deflated
+        access = RowAccess(zf, path, header)
+        bands = list(access.scan(5))
+        np.testing.assert_array_equal(np.concatenate([band for _, band in bands]), obj)
+        try:
+            for budget in (1, 37 * 8 * 3, 1 << 20):
+                for _ in range(20):
+                    r0, c0 = rng.integers(0, 36, size=2)
+                    r1, c1 = rng.integers(r0 + 1, 38), rng.integers(c0 + 1, 38)
+                    np.testing.assert_array_equal(access.block(r0, r1, c0, c1, budget), obj[r0:r1, c0:c1])
+        finally:
+            access.close()
+
+
+@pytest.mark.parametrize("deflated", [False, True], ids=["stored", "deflated"])
+@pytest.mark.parametrize("chunk_bytes", [1, 500, contract.DEFAULT_CHUNK_BYTES])
+def test_non_finite_object_found_in_row_bands(tmp_path, deflated, chunk_bytes):
+    """objectGuess is checked band by band: the count and first index do not depend on the band size."""
+    arrays, meta = example_arrays(n=6, frame=N, object_size=30, seed=4)
+    arrays["objectGuess"][17, 3] = np.nan
+    arrays["objectGuess"][29, 29] = np.inf
+    report = check_npz(_write(tmp_path / "o.npz", arrays, meta, deflated), chunk_bytes=chunk_bytes)
+    assert errors_of(report) == [("objectGuess", "2 non-finite values (expected all finite, found (nan+0j) at index "
+                                                 "(17, 3))")]
+
+
+def test_no_room_to_decompress_the_object(tmp_path, valid, monkeypatch):
+    """A deflated objectGuess larger than the free temporary disk: one objectGuess error, the rest still checked."""
+    arrays, meta = valid
+    path = _write(tmp_path / "z.npz", arrays, meta, deflated=True)
+    monkeypatch.setattr(streaming.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    arrays["diffraction"][0, 0, 0] = np.nan
+    bad = _write(tmp_path / "zbad.npz", arrays, meta, deflated=True)
+    for file, first in ((path, []), (bad, [("diffraction", "1 non-finite values")])):
+        errors = [(key, message.split(" (expected")[0]) for key, message in errors_of(check_npz(file))]
+        assert errors == first + [("objectGuess", f"too large to compare with Y: decompressing it needs "
+                                                  f"{M * M * 8} bytes of temporary disk, 0 free in "
+                                                  f"{tempfile.gettempdir()}")]

@@ -34,7 +34,7 @@ from .spec import (
     METADATA_KEY,
     FileReport,
     counts_from_diffraction,
-    gib,
+    size_text,
 )
 from .structure import Inspection, inspect
 from .values import ArraySource, ZipSource
@@ -100,8 +100,8 @@ def _check_fits_in_memory(report: FileReport, insp: Inspection, wanted: tuple[st
     if needed > available:
         key = max(sizes, key=sizes.__getitem__)
         raise ContractError(f"{report.path}: {key}: too large to load (expected the {len(sizes)} arrays to fit in the "
-                            f"{gib(available)} of memory available, found {gib(needed)} needed, "
-                            f"{gib(sizes[key])} of it {key})")
+                            f"{size_text(available)} of memory available, found {size_text(needed)} needed, "
+                            f"{size_text(sizes[key])} of it {key})")
 
 
 def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, keys: Iterable[str] | None = None,

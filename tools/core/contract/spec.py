@@ -123,8 +123,11 @@ def index_text(flat_index: int, shape: tuple[int, ...], offset: int = 0) -> str:
     return shape_text((int(index[0]) + offset, *map(int, index[1:])))
 
 
-def gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB"
+def size_text(nbytes: int) -> str:
+    """``123 bytes``, ``4.0 MiB``, ``215.0 GiB``."""
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.1f} GiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
 
 
 # --- results ------------------------------------------------------------------------------------
