@@ -1,7 +1,7 @@
 """Generated docs: write them (``make doc-sync``) or fail when the tracked copies are stale (``make doc-check``).
 
     python -m ptydose.doc_sync write [--root DIR] [--artifact-root DIR]
-    python -m ptydose.doc_sync check [--root DIR] [--artifact-root DIR]
+    python -m ptydose.doc_sync check [--root DIR]
 
 Generated, all under ``<root>/docs/``:
 
@@ -12,9 +12,10 @@ Generated, all under ``<root>/docs/``:
   counts); the rest of that file is written by hand.
 - ``cli.md``: each console script's ``--help`` (click's CliRunner, 100 columns).
 - ``schemas.md``: every JSON schema under ``schemas/`` as tables of fields, types and descriptions.
-- ``results.md``: the latest sweep summary, from ``<artifact-root>/summary/summary.json`` when
-  it exists, with the figures of PUBLISHED_FIGURES copied into ``docs/figures/`` (copied by
-  ``write``, not compared by ``check``); without a summary the tracked file is left as it is.
+- ``results.md``: the published sweep, rendered from the committed ``docs/results/summary.json``.
+  ``write`` first publishes ``<artifact-root>/summary/summary.json`` there when a sweep exists,
+  with the figures of PUBLISHED_FIGURES copied into ``docs/figures/`` (binary: copied, not
+  compared). ``check`` reads tracked files only, so a local sweep never makes it fail.
 
 The text is deterministic across machines: no timestamps, no absolute paths (paths inside the
 root are made relative), a fixed help width.
@@ -37,7 +38,7 @@ import click
 from ._cli import CONTEXT_SETTINGS, fail_on_study_error
 from .core.errors import StudyError
 from .core.fileio import atomic_output
-from .core.manifests import read_json, write_text_atomic
+from .core.manifests import read_json, write_json, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARTIFACT_ROOT = "tmp/study/phase_f"
@@ -45,6 +46,9 @@ INDEX_PATH = "docs/development/TEST_SUITE_INDEX.md"
 GUIDE_PATH = "docs/TESTING_GUIDE.md"
 CLI_PATH = "docs/cli.md"
 RESULTS_PATH = "docs/results.md"
+#: The summary behind docs/results.md, committed: `check` renders results.md from it, never from a
+#: local sweep, so the suite passes whatever a user ran before; `write` refreshes it from a sweep.
+PUBLISHED_SUMMARY_PATH = "docs/results/summary.json"
 SCHEMAS_PATH = "docs/schemas.md"
 #: Figures of the latest sweep copied into docs/figures/ (binary: copied by write, not compared by check).
 PUBLISHED_FIGURES = ("metrics_vs_dose.png", "object_phase_train.png", "frc_curves.png")
@@ -277,17 +281,18 @@ def _relative_paths(text: str, root: Path) -> str:
     return text
 
 
-def render_results(summary: dict, root: Path, artifact_root: str) -> str:
-    """results.md from a summary document: tables, failures, skips, how to reproduce, published figures."""
+def render_results(summary: dict, root: Path) -> str:
+    """results.md from the published summary: tables, failures, skips, how to reproduce, published figures."""
     from .core.summary import render_markdown
 
     doc = dict(summary)
     # Only the published figures, which `write` copies next to results.md (docs/figures/).
     doc["figures"] = [f for f in summary.get("figures", []) if Path(f).name in PUBLISHED_FIGURES]
-    text = render_markdown(doc, title="Results (latest sweep)", include_provenance=False)
-    note = (f"{_GENERATED_NOTE} Source: `{artifact_root}/summary/summary.json` "
-            f"(manifest sha256 {summary['provenance']['manifest_sha256'][:12]}, "
-            f"design hash {summary['provenance']['design_hash'][:12]}); figures: `{artifact_root}/summary/figures/`.")
+    text = render_markdown(doc, title="Results (published sweep)", include_provenance=False)
+    prov = summary["provenance"]
+    note = (f"{_GENERATED_NOTE} Source: `{PUBLISHED_SUMMARY_PATH}`, published by `make doc-sync` from "
+            f"`{prov['artifact_root']}/summary/summary.json` (manifest sha256 {prov['manifest_sha256'][:12]}, "
+            f"design hash {prov['design_hash'][:12]}).")
     text = text.replace("\n", f"\n\n{note}\n", 1)
     return _relative_paths(text, root)
 
@@ -295,8 +300,14 @@ def render_results(summary: dict, root: Path, artifact_root: str) -> str:
 # --------------------------------------------------------------------------- write / check
 
 
-def generate(root: Path, artifact_root: str | Path) -> dict[str, str]:
-    """Every generated doc (relative path -> full text) as it should be now."""
+def published_summary(root: Path) -> dict | None:
+    """The committed summary behind docs/results.md (schema-checked), or None when none is published."""
+    path = root / PUBLISHED_SUMMARY_PATH
+    return read_json(path, "summary") if path.exists() else None
+
+
+def generate(root: Path) -> dict[str, str]:
+    """Every generated doc (relative path -> full text) as it should be now, from tracked files only."""
     collected = collect_tests(root)
     docs = {INDEX_PATH: render_index(collected)}
     guide = root / GUIDE_PATH
@@ -305,11 +316,22 @@ def generate(root: Path, artifact_root: str | Path) -> dict[str, str]:
     docs[GUIDE_PATH] = splice_guide(guide.read_text(encoding="utf-8"), render_commands(root, collected), GUIDE_PATH)
     docs[CLI_PATH] = render_cli()
     docs[SCHEMAS_PATH] = render_schemas(root)
-    source = summary_path(root, artifact_root)
-    if source.is_file():
-        shown = _relative_paths(str(artifact_root), root)
-        docs[RESULTS_PATH] = render_results(read_json(source, "summary"), root, shown)
+    summary = published_summary(root)
+    if summary is not None:
+        docs[RESULTS_PATH] = render_results(summary, root)
     return docs
+
+
+def publish_summary(root: Path, artifact_root: str | Path) -> bool:
+    """Copy the sweep's summary.json to the published one (validated, atomic); False when there is none."""
+    source = summary_path(root, artifact_root)
+    if not source.exists():
+        return False
+    doc = read_json(source, "summary")
+    target = root / PUBLISHED_SUMMARY_PATH
+    if not target.exists() or read_json(target, "summary") != doc:
+        write_json(target, doc, "summary")
+    return True
 
 
 def publish_figures(root: Path, artifact_root: str | Path) -> list[Path]:
@@ -356,27 +378,30 @@ _artifact_option = click.option("--artifact-root", default=DEFAULT_ARTIFACT_ROOT
 @_artifact_option
 @fail_on_study_error
 def write(root: str, artifact_root: str) -> None:
-    """Write every generated doc that changed."""
+    """Publish the sweep's summary (when there is one) and write every generated doc that changed."""
     root_path = Path(root)
-    docs = generate(root_path, artifact_root)
+    if publish_summary(root_path, artifact_root):
+        publish_figures(root_path, artifact_root)
+    else:
+        click.echo(f"no {summary_path(root_path, artifact_root)}: {PUBLISHED_SUMMARY_PATH} and {RESULTS_PATH} "
+                   "stay as published", err=True)
+    docs = generate(root_path)
     changed = stale_docs(root_path, docs)
     for rel in changed:
         write_text_atomic(root_path / rel, docs[rel])
-    if RESULTS_PATH in docs:
-        publish_figures(root_path, artifact_root)
-    else:
-        click.echo(f"no {summary_path(root_path, artifact_root)}: {RESULTS_PATH} left as it is", err=True)
     click.echo(f"{len(changed)} of {len(docs)} generated docs updated" + (f": {', '.join(changed)}" if changed else ""))
 
 
 @cli.command()
 @_root_option
-@_artifact_option
 @fail_on_study_error
-def check(root: str, artifact_root: str) -> None:
-    """Exit 1 when a tracked generated doc differs from what doc-sync would write."""
+def check(root: str) -> None:
+    """Exit 1 when a tracked generated doc differs from what doc-sync would write from tracked files.
+
+    Local sweeps (tmp/) are never read: results.md is checked against the committed published summary.
+    """
     root_path = Path(root)
-    docs = generate(root_path, artifact_root)
+    docs = generate(root_path)
     stale = stale_docs(root_path, docs)
     if stale:
         raise StudyError(f"stale generated docs: {', '.join(stale)} (run `make doc-sync` and commit them)")
