@@ -331,9 +331,10 @@ def build_scan(scan_design: dict, object_shape, n: int, seed: int) -> tuple[np.n
 def object_windows(obj: np.ndarray, coords_yx: np.ndarray, n: int) -> np.ndarray:
     """The integer N x N object windows pty-chi multiplies the probe with, (n, N, N) complex64."""
     starts = window_starts(coords_yx, obj.shape, n)
-    iy = starts[:, 0, None] + np.arange(n)[None, :]
-    ix = starts[:, 1, None] + np.arange(n)[None, :]
-    return obj[iy[:, :, None], ix[:, None, :]].astype(np.complex64, copy=False)
+    # Indexing a strided view of every window copies whole rows: several times faster than
+    # gathering N x N pixel indices one by one.
+    every_window = np.lib.stride_tricks.sliding_window_view(obj, (n, n))
+    return every_window[starts[:, 0], starts[:, 1]].astype(np.complex64, copy=False)
 
 
 @dataclass
