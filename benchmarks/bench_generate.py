@@ -2,13 +2,15 @@
 
 Side by side in one run, best of ``--repeats``:
 
-* generation: pty-chi's forward model for every scan position of the design (computed once,
-  as gen-synthetic does), then per dose the Poisson draw and sqrt(counts)/scale;
+* generation: gen-synthetic's own batch pipeline — pty-chi's forward model for every scan
+  position of the design on the first dose (kept in a temporary file for the others, as
+  gen-synthetic does), then per dose the Poisson draw and sqrt(counts)/scale;
 * floor: for the same number of patterns and shape, one fft2 of a complex64 batch, |.|^2 once,
   then per dose a Poisson draw of it — the least any generator must do.
 
-Also prints patterns/s, positions per split and view, measured vs nominal counts per dose, and
-the end-to-end time of writing every file (generate_study into a temporary folder).
+Also prints patterns/s, the Y windows' cost, positions per split and view, measured vs nominal
+counts per dose, and the end-to-end time of writing every file (generate_study into a temporary
+folder).
 
 Usage: python benchmarks/bench_generate.py [--design plans/fly64_dose_overlap/design.json]
 """
@@ -28,14 +30,38 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ptydose.core.design import load_design  # noqa: E402
-from ptydose.core.synthetic import BATCH_SIZE, build_geometry, generate_study, simulate_dose  # noqa: E402
+from ptydose.core.synthetic import (  # noqa: E402
+    BATCH_SIZE,
+    DoseCounts,
+    ExpectedIntensities,
+    build_geometry,
+    diffraction_batches,
+    generate_study,
+    window_batches,
+)
 
 
-def run_generation(geometry, doses):
-    geometry._expected_unit = None  # recompute the forward model every repeat
+def run_generation(geometry, doses, spill_dir: Path):
+    """Every dose's diffraction batches through gen-synthetic's pipeline (nothing written)."""
     start = time.perf_counter()
-    results = [simulate_dose(geometry, dose, progress=False) for dose in doses]
+    results = []
+    expected = ExpectedIntensities(geometry, spill_dir if len(doses) > 1 else None)
+    try:
+        for dose in doses:
+            counts = DoseCounts.start(geometry, dose)
+            for _ in diffraction_batches(expected, counts, progress=False):
+                pass
+            results.append(counts)
+    finally:
+        expected.close()
     return time.perf_counter() - start, results
+
+
+def run_windows(geometry) -> float:
+    start = time.perf_counter()
+    for _ in window_batches(geometry, "Y", progress=False):
+        pass
+    return time.perf_counter() - start
 
 
 def run_floor(n_patterns: int, n: int, doses, seed: int = 0):
@@ -68,13 +94,15 @@ def main() -> None:
     n_pos, n, doses = len(geometry.coords), design.probe_size, design.doses
     n_patterns = n_pos * len(doses)
 
-    gen_times, floor_times = [], []
+    gen_times, floor_times, window_times = [], [], []
     results = None
-    for _ in range(args.repeats):  # interleaved so both see the same machine state
-        t, results = run_generation(geometry, doses)
-        gen_times.append(t)
-        floor_times.append(run_floor(n_pos, n, doses))
-    t_gen, t_floor = min(gen_times), min(floor_times)
+    with tempfile.TemporaryDirectory() as spill:
+        for _ in range(args.repeats):  # interleaved so both see the same machine state
+            t, results = run_generation(geometry, doses, Path(spill))
+            gen_times.append(t)
+            floor_times.append(run_floor(n_pos, n, doses))
+            window_times.append(run_windows(geometry))
+    t_gen, t_floor, t_windows = min(gen_times), min(floor_times), min(window_times)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -89,6 +117,7 @@ def main() -> None:
     print(f"  generation : {t_gen:.3f} s  ({n_patterns / t_gen:,.0f} patterns/s)")
     print(f"  floor      : {t_floor:.3f} s  ({n_patterns / t_floor:,.0f} patterns/s)  [fft2 + |.|^2 + Poisson]")
     print(f"  ratio      : {t_gen / t_floor:.2f}  (goal <= 1.5)")
+    print(f"  Y windows  : {t_windows:.3f} s per dose ({n_pos} windows gathered from the object)")
     print(f"end to end with every NPZ written (all doses): {t_write:.2f} s")
     print("positions per split and view:")
     for (view, split), sel in geometry.selections.items():

@@ -55,8 +55,10 @@ def cli(design, phase_c_root, phase_d_root, doses, force, as_json, progress):
     """Generate calibrated Poisson ptychography data (baseline, dense and sparse views) of a design.
 
     One object, probe and scan per study; per dose an independent seeded Poisson draw of
-    pty-chi's own forward model. Writes dataset_index.json in each root. An unchanged design
-    with its files present (sha256 checked) regenerates nothing.
+    pty-chi's own forward model, streamed to disk in batches (no whole-scan array is held in
+    memory). Writes dataset_index.json in each root, updated as each dose is finished. An
+    unchanged design with its files present (sha256 checked) regenerates nothing, so a rerun
+    after an interruption resumes at the first unfinished dose.
 
     \b
     Example:

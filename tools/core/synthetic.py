@@ -1,23 +1,31 @@
 """gen-synthetic's core: one object, probe and scan per study; a Poisson draw per dose; NPZ files.
 
 ``generate_study`` builds the shared geometry (object, unit probe, scan, splits, views) once,
-computes the expected intensities of the full scan once with pty-chi's forward model (unit
-dose), then per dose scales them, draws Poisson counts from an independent seeded stream and
-writes every split x view file of that dose plus the ``dataset_index.json`` of each root.
+then generates the requested doses one after another. A dose is streamed in batches of scan
+positions: the expected intensities at unit dose (pty-chi's forward model), scaled, Poisson-drawn
+from the dose's own seeded stream and written as rows of every split x view file of that dose at
+once (each file's rows are an ascending subset of the scan); then the ``Y`` windows the same way,
+then the small members. Memory stays at a few batches whatever the scan size. The forward model
+runs once per study: its unit-dose batches are kept in an unlinked temporary file beside the
+outputs for the following doses. Each dose's entries are merged into both ``dataset_index.json``
+files as soon as its files are renamed into place, so a run killed later keeps its finished doses.
 
 Files are byte-deterministic: arrays are written in a fixed order as ``.npy`` members of an
 uncompressed zip with fixed timestamps (the ``np.savez`` layout), under a temporary name that is
-fsync'ed and renamed, so a kill never leaves half a file under the final name.
+fsync'ed and renamed, so a kill never leaves half a file under the final name; the temporary
+files such a kill leaves are removed by the next run (which holds both roots' lock).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import tempfile
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
@@ -25,7 +33,7 @@ from .. import __version__
 from . import manifests, overlap, physics
 from .design import BASELINE_VIEW, StudyDesign, dose_key, load_design
 from .errors import DesignError, ManifestError
-from .fileio import sha256_file, write_npz_atomic
+from .fileio import NpzWriter, exclusive_lock, remove_stale_temporaries, sha256_file, streamed_npz
 from .geometry import position_origin
 
 log = logging.getLogger(__name__)
@@ -35,7 +43,11 @@ INDEX_NAME = "dataset_index.json"
 INDEX_SCHEMA = "dataset_index"
 #: Order of the arrays inside every NPZ.
 NPZ_KEYS = ("diffraction", "Y", "objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index", "_metadata")
+#: Scan positions per batch. The Poisson draws of a dose are taken batch by batch in scan order,
+#: so this number is part of what defines the files' bytes.
 BATCH_SIZE = 256
+#: Held in each root while gen-synthetic writes there: runs on the same roots take turns.
+LOCK_NAME = ".gen-synthetic.lock"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,26 +78,10 @@ class StudyGeometry:
     scan_meta: dict
     splits: dict[str, np.ndarray]
     selections: dict[tuple[str, str], overlap.Selection]  # (view, split) -> selection
-    _expected_unit: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
         return self.design.probe_size
-
-    def expected_unit(self, progress: bool | None = None) -> np.ndarray:
-        """Expected intensities of the whole scan at dose 1 (float32, fft-shifted), computed once."""
-        if self._expected_unit is None:
-            from tqdm import tqdm
-
-            model = physics.ForwardModel(self.probe_unit, self.obj)
-            out = np.empty((len(self.coords), self.n, self.n), dtype=np.float32)
-            batches = model.batches(self.coords, BATCH_SIZE)
-            total = -(-len(self.coords) // BATCH_SIZE)
-            for sl, intensity in tqdm(batches, total=total, desc="forward model", unit="batch",
-                                      file=_stderr(), disable=_tqdm_disable(progress), leave=False):
-                out[sl] = intensity
-            self._expected_unit = out
-        return self._expected_unit
 
     def file_plans(self, dose: int) -> list[FilePlan]:
         plans = []
@@ -134,47 +130,136 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
 
 
 # ----------------------------------------------------------------------------------------------
-# One dose
+# One dose, streamed
 # ----------------------------------------------------------------------------------------------
 def noise_seed(simulation_seed: int, dose: int) -> int:
     """The 32-bit seed of a dose's Poisson stream: first word of SeedSequence([sim, 3, dose])."""
     return int(np.random.SeedSequence([int(simulation_seed), 3, int(dose)]).generate_state(1)[0])
 
 
+def _batches(n_positions: int) -> Iterator[slice]:
+    for start in range(0, n_positions, BATCH_SIZE):
+        yield slice(start, min(start + BATCH_SIZE, n_positions))
+
+
+class ExpectedIntensities:
+    """Expected intensities of the whole scan at dose 1 (float32, fft-shifted), batch by batch in
+    scan order.
+
+    The first pass runs pty-chi's forward model. With a ``spill_dir``, that pass also appends its
+    batches to an unlinked temporary file there (nothing to clean up, even after a kill), and
+    later passes read them back: the forward model, the costly part, then runs once for all doses.
+    """
+
+    def __init__(self, geometry: StudyGeometry, spill_dir: Path | None = None):
+        self.geometry = geometry
+        self._spill: IO[bytes] | None = None
+        if spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+            self._spill = tempfile.TemporaryFile(dir=spill_dir, prefix=".expected_intensities.")
+        self._spilled = False
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+
+    def batches(self) -> Iterator[tuple[slice, np.ndarray]]:
+        g = self.geometry
+        if self._spilled:
+            yield from self._read_back()
+            return
+        model = physics.ForwardModel(g.probe_unit, g.obj)
+        if self._spill is not None:
+            self._spill.seek(0)
+        for sl in _batches(len(g.coords)):
+            intensity = model.intensities(g.coords[sl])
+            if self._spill is not None:
+                self._spill.write(memoryview(intensity).cast("B"))
+            yield sl, intensity
+        self._spilled = self._spill is not None  # only a complete pass can be read back
+
+    def _read_back(self) -> Iterator[tuple[slice, np.ndarray]]:
+        n = self.geometry.n
+        self._spill.flush()
+        self._spill.seek(0)
+        for sl in _batches(len(self.geometry.coords)):
+            batch = np.empty((sl.stop - sl.start, n, n), dtype=np.float32)
+            if self._spill.readinto(memoryview(batch).cast("B")) != batch.nbytes:
+                raise OSError(f"{self._spill.name}: the kept forward-model batches are truncated")
+            yield sl, batch
+
+
 @dataclass
-class DoseData:
+class DoseCounts:
+    """Per-pattern totals of one dose (small: two numbers per scan position), filled while streaming."""
+
     dose: int
     amplitude_scale: float
     noise_seed: int
-    diffraction: np.ndarray  # float32 (n, N, N)
     counts_total: np.ndarray  # int64 (n,) measured total counts per pattern
     expected_total: np.ndarray  # float64 (n,) expected total counts per pattern
 
+    @classmethod
+    def start(cls, geometry: StudyGeometry, dose: int) -> DoseCounts:
+        n_pos = len(geometry.coords)
+        return cls(dose, physics.amplitude_scale(dose, geometry.n),
+                   noise_seed(geometry.design.seeds["simulation"], dose),
+                   np.zeros(n_pos, dtype=np.int64), np.zeros(n_pos, dtype=np.float64))
 
-def simulate_dose(geometry: StudyGeometry, dose: int, progress: bool | None = None) -> DoseData:
-    """Poisson counts of the whole scan at ``dose``, stored as sqrt(counts) / amplitude_scale."""
+
+def diffraction_batches(expected: ExpectedIntensities, counts: DoseCounts,
+                        progress: bool | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """Poisson counts of the whole scan at ``counts.dose``, batch by batch in scan order, as
+    float32 ``sqrt(counts) / amplitude_scale``; fills ``counts``' totals on the way."""
     from tqdm import tqdm
 
-    expected_unit = geometry.expected_unit(progress)
-    n_pos, n = len(geometry.coords), geometry.n
-    scale = physics.amplitude_scale(dose, n)
-    seed = noise_seed(geometry.design.seeds["simulation"], dose)
-    rng = np.random.default_rng(seed)
-    diffraction = np.empty_like(expected_unit)
-    counts_total = np.empty(n_pos, dtype=np.int64)
-    expected_total = np.empty(n_pos, dtype=np.float64)
-    for start in tqdm(range(0, n_pos, BATCH_SIZE), desc=f"{dose_key(dose)} Poisson", unit="batch",
-                      file=_stderr(), disable=_tqdm_disable(progress), leave=False):
-        sl = slice(start, min(start + BATCH_SIZE, n_pos))
-        expected = expected_unit[sl].astype(np.float64) * dose
-        counts = rng.poisson(expected)
-        counts_total[sl] = counts.sum(axis=(1, 2))
-        expected_total[sl] = expected.sum(axis=(1, 2))
-        diffraction[sl] = (np.sqrt(counts) / scale).astype(np.float32)
-    return DoseData(dose, scale, seed, diffraction, counts_total, expected_total)
+    dose, scale = counts.dose, counts.amplitude_scale
+    rng = np.random.default_rng(counts.noise_seed)
+    n_pos = len(expected.geometry.coords)
+    for sl, unit in tqdm(expected.batches(), total=-(-n_pos // BATCH_SIZE), desc=f"{dose_key(dose)} diffraction",
+                         unit="batch", file=_stderr(), disable=_tqdm_disable(progress), leave=False):
+        intensity = unit.astype(np.float64) * dose
+        drawn = rng.poisson(intensity)
+        counts.counts_total[sl] = drawn.sum(axis=(1, 2))
+        counts.expected_total[sl] = intensity.sum(axis=(1, 2))
+        yield sl, (np.sqrt(drawn) / scale).astype(np.float32)
 
 
-def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseData, idx: np.ndarray) -> dict:
+def window_batches(geometry: StudyGeometry, desc: str, progress: bool | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """The ``Y`` object windows of the whole scan, batch by batch in scan order (complex64)."""
+    from tqdm import tqdm
+
+    n_pos = len(geometry.coords)
+    for sl in tqdm(_batches(n_pos), total=-(-n_pos // BATCH_SIZE), desc=desc, unit="batch",
+                   file=_stderr(), disable=_tqdm_disable(progress), leave=False):
+        yield sl, physics.object_windows(geometry.obj, geometry.coords[sl], geometry.n)
+
+
+def rows_in_batch(indices: np.ndarray, sl: slice) -> slice | np.ndarray:
+    """Where the ascending scan ``indices`` that fall in the batch ``sl`` sit inside that batch
+    (a slice when they are a run, so the rows are a view)."""
+    lo, hi = np.searchsorted(indices, [sl.start, sl.stop])
+    local = indices[lo:hi] - sl.start
+    if len(local) == 0:
+        return slice(0, 0)
+    if local[-1] - local[0] + 1 == len(local):
+        return slice(int(local[0]), int(local[-1]) + 1)
+    return local
+
+
+def stream_member(outputs: list[NpzWriter], plans: list[FilePlan], key: str, dtype, n: int,
+                  batches: Iterable[tuple[slice, np.ndarray]]) -> None:
+    """One per-position member of every file of a dose: each batch's rows go to the files that
+    hold those positions, appended in scan order."""
+    members = [npz.begin(key, dtype, (len(plan.selection.indices), n, n)) for npz, plan in zip(outputs, plans, strict=True)]
+    for sl, rows in batches:
+        for member, plan in zip(members, plans, strict=True):
+            member.write(rows[rows_in_batch(plan.selection.indices, sl)])
+    for member in members:
+        member.close()
+
+
+def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseCounts, idx: np.ndarray) -> dict:
     design = geometry.design
     return {
         "schema_version": "1.0",
@@ -203,22 +288,47 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseData, idx: 
     }
 
 
-def file_arrays(geometry: StudyGeometry, plan: FilePlan, data: DoseData, windows: np.ndarray) -> tuple[dict, dict]:
+def small_arrays(geometry: StudyGeometry, plan: FilePlan, dose: int, meta: dict) -> dict:
+    """The members after the per-position images, in file order."""
     idx = plan.selection.indices
-    meta = file_metadata(geometry, plan, data, idx)
-    probe = (geometry.probe_unit * np.sqrt(float(data.dose))).astype(np.complex64)
-    arrays = {
-        "diffraction": np.ascontiguousarray(data.diffraction[idx]),
-        "Y": np.ascontiguousarray(windows[idx]),
+    return {
         "objectGuess": geometry.obj,
-        "probeGuess": probe,
+        "probeGuess": (geometry.probe_unit * np.sqrt(float(dose))).astype(np.complex64),
         "xcoords": geometry.coords[idx, 1].astype(np.float64),
         "ycoords": geometry.coords[idx, 0].astype(np.float64),
         "scan_index": idx.astype(np.int64),
         "_metadata": np.array(json.dumps(meta, sort_keys=True)),
     }
-    assert tuple(arrays) == NPZ_KEYS
-    return arrays, meta
+
+
+def write_dose(geometry: StudyGeometry, dose: int, roots: dict[str, Path], expected: ExpectedIntensities,
+               progress: bool | None = None) -> dict[str, list[dict]]:
+    """Write every split x view file of ``dose`` side by side; return their index entries per root.
+
+    The files are renamed into place together at the end; an exception before leaves none of them.
+    """
+    plans = geometry.file_plans(dose)
+    counts = DoseCounts.start(geometry, dose)
+    metas = []
+    with ExitStack() as files:
+        outputs = [files.enter_context(streamed_npz(roots[p.root] / p.relpath)) for p in plans]
+        stream_member(outputs, plans, "diffraction", np.float32, geometry.n,
+                      diffraction_batches(expected, counts, progress))
+        stream_member(outputs, plans, "Y", np.complex64, geometry.n,
+                      window_batches(geometry, f"{dose_key(dose)} Y", progress))
+        for plan, npz in zip(plans, outputs, strict=True):
+            meta = file_metadata(geometry, plan, counts, plan.selection.indices)
+            rest = small_arrays(geometry, plan, dose, meta)
+            assert ("diffraction", "Y", *rest) == NPZ_KEYS
+            for key, value in rest.items():
+                npz.add(key, value)
+            metas.append(meta)
+    entries: dict[str, list[dict]] = {"phase_c": [], "phase_d": []}
+    for plan, npz, meta in zip(plans, outputs, metas, strict=True):
+        path = roots[plan.root] / plan.relpath
+        entries[plan.root].append(index_entry(plan, meta, npz.sha256, path.stat().st_size))
+        log.info("wrote %s (%d patterns)", path, meta["n_images"])
+    return entries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,14 +381,17 @@ def dose_up_to_date(geometry: StudyGeometry, dose: int, roots: dict[str, Path], 
 
 
 def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: dict | None,
-                new_entries: list[dict], regenerated: set[int]) -> dict:
-    """Merge: entries of doses not regenerated now are kept when the design is unchanged."""
+                new_entries: list[dict], regenerated: set[int], pending: Iterable[int] = ()) -> dict:
+    """Merge: entries of doses not regenerated now are kept when the design is unchanged.
+
+    ``pending``: doses this run will still write (not worth a warning when their old entries go).
+    """
     design = geometry.design
     kept: list[dict] = []
     if _same_generation(previous, design):
         kept = [e for e in previous["files"] if e["dose"] not in regenerated]
     elif previous and previous["files"]:
-        stale = sorted({e["dose"] for e in previous["files"]} - regenerated)
+        stale = sorted({e["dose"] for e in previous["files"]} - regenerated - set(pending))
         if stale:
             log.warning("%s: dropped index entries of doses %s (made from another design or version); "
                         "regenerate them", root / INDEX_NAME, stale)
@@ -348,6 +461,27 @@ def resolve_doses(design: StudyDesign, doses: Iterable[float] | None) -> list[in
     return chosen
 
 
+@contextmanager
+def _roots_locked(roots: dict[str, Path]) -> Iterator[None]:
+    """Both roots' locks, taken in path order (so two runs can never hold one each)."""
+    with ExitStack() as locks:
+        for root in sorted(set(roots.values())):
+            def waiting(root=root):
+                log.warning("%s: another gen-synthetic is writing here; waiting for it to finish", root)
+            locks.enter_context(exclusive_lock(root / LOCK_NAME, on_wait=waiting))
+        yield
+
+
+def remove_stale_files(geometry: StudyGeometry, roots: dict[str, Path]) -> list[Path]:
+    """Temporary files a killed run left beside any file of the design (call with the roots locked)."""
+    targets = [roots[kind] / INDEX_NAME for kind in roots]
+    targets += [roots[p.root] / p.relpath for dose in geometry.design.doses for p in geometry.file_plans(dose)]
+    removed = [stale for target in targets for stale in remove_stale_temporaries(target)]
+    for stale in removed:
+        log.warning("removed %s (left by an interrupted run)", stale)
+    return removed
+
+
 def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_root: str | Path,
                    doses: Iterable[float] | None = None, force: bool = False,
                    progress: bool | None = None) -> GenerationResult:
@@ -362,33 +496,26 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
         # Each root holds its own dataset_index.json: one folder for both would overwrite it.
         raise DesignError(f"{roots['phase_c']}: --phase-c-root and --phase-d-root must be different folders")
     geometry = build_geometry(design)
-    indexes = {kind: read_index(root / INDEX_NAME) for kind, root in roots.items()}
 
-    generated: list[int] = []
-    up_to_date: list[int] = []
-    new_entries: dict[str, list[dict]] = {"phase_c": [], "phase_d": []}
-    windows: np.ndarray | None = None
-    for dose in chosen:
-        if not force and dose_up_to_date(geometry, dose, roots, indexes):
+    with _roots_locked(roots):
+        remove_stale_files(geometry, roots)
+        indexes = {kind: read_index(root / INDEX_NAME) for kind, root in roots.items()}
+        pending = [d for d in chosen if force or not dose_up_to_date(geometry, d, roots, indexes)]
+        up_to_date = [d for d in chosen if d not in pending]
+        for dose in up_to_date:
             log.info("%s: up to date, nothing regenerated", dose_key(dose))
-            up_to_date.append(dose)
-            continue
-        if windows is None:
-            windows = physics.object_windows(geometry.obj, geometry.coords, geometry.n)
-        data = simulate_dose(geometry, dose, progress)
-        for plan in geometry.file_plans(dose):
-            arrays, meta = file_arrays(geometry, plan, data, windows)
-            path = roots[plan.root] / plan.relpath
-            digest = write_npz_atomic(path, arrays)
-            new_entries[plan.root].append(index_entry(plan, meta, digest, path.stat().st_size))
-            log.info("wrote %s (%d patterns)", path, meta["n_images"])
-        generated.append(dose)
-
-    if generated:
-        for kind, root in roots.items():
-            doc = build_index(geometry, kind, root, indexes[kind], new_entries[kind], set(generated))
-            manifests.write_json(root / INDEX_NAME, doc, INDEX_SCHEMA)
-            indexes[kind] = doc
+        # Keep the forward model's batches only when another dose will read them back.
+        expected = ExpectedIntensities(geometry, roots["phase_c"] if len(pending) > 1 else None)
+        try:
+            for dose in pending:
+                entries = write_dose(geometry, dose, roots, expected, progress)
+                # Indexed as soon as its files are in place: a later kill keeps this dose.
+                for kind, root in roots.items():
+                    doc = build_index(geometry, kind, root, indexes[kind], entries[kind], {dose}, pending)
+                    manifests.write_json(root / INDEX_NAME, doc, INDEX_SCHEMA)
+                    indexes[kind] = doc
+        finally:
+            expected.close()
 
     files = []
     for kind in ("phase_c", "phase_d"):
@@ -398,4 +525,4 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
     order = {v: i for i, v in enumerate(design.views)}
     files.sort(key=lambda e: (e["dose"], order.get(e["view"], 99), e["split"] != "train"))
     n_positions = {"scan": int(len(geometry.coords)), **{s: int(len(i)) for s, i in geometry.splits.items()}}
-    return GenerationResult(design, roots, generated, up_to_date, files, geometry.probe_meta, n_positions)
+    return GenerationResult(design, roots, pending, up_to_date, files, geometry.probe_meta, n_positions)
