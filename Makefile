@@ -22,6 +22,8 @@ PHASE_D_ROOT  ?= $(OUT)/phase_d
 ARTIFACT_ROOT ?= $(OUT)/phase_f
 SMOKE_OUT     ?= tmp/smoke
 PYTEST_ARGS   ?=
+# Scan sizes (positions) bench_scale generates one dose of.
+BENCH_SCALE_PATTERNS ?= 100000 200000
 
 # Paths may hold spaces: recipes quote them with $(call q,...); file targets escape them with $(call esc,...).
 empty :=
@@ -105,6 +107,7 @@ doc-check: $(STAMP) ## Fail when the tracked generated docs are stale
 bench: $(STAMP) ## Benchmarks: ratios measured side by side in one run (not part of test)
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_scale.py --patterns $(BENCH_SCALE_PATTERNS)
 
 clean: ## Remove generated data and reports under tmp/ (keeps .venv)
 	find tmp -mindepth 1 -not -name .gitkeep -delete

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -278,3 +279,14 @@ def test_a_second_run_on_the_same_roots_waits_for_the_first(smoke_design_path, t
     assert outcome["result"].generated_doses == [1000]
     assert _sha256s(tmp_path) == {k: v for k, v in _golden("smoke").items() if "dose_1000/" in k}
 
+
+def test_scale_benchmark_runs_at_toy_size(repo_root, tmp_path):
+    """bench_scale derives a design, generates one dose in a child process, reports wall and peak
+    RSS, and deletes its files."""
+    env = {**os.environ, "BENCH_SCALE_PATTERNS": "3000"}
+    proc = subprocess.run([sys.executable, "benchmarks/bench_scale.py", "--dir", str(tmp_path / "bench")],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = proc.stdout.splitlines()[2].split()
+    assert row[0] == "3000" and int(row[1]) >= 3000 and row[-1].endswith("MB")
+    assert list((tmp_path / "bench").iterdir()) == []
