@@ -11,6 +11,7 @@ import click
 
 from ._cli import CONTEXT_SETTINGS, EXIT_JOBS_FAILED, fail_on_study_error, verbose_option, version_option
 from .core.run.runner import run_manifest
+from .core.run.worker import DEVICES
 
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
 
@@ -27,7 +28,7 @@ def _scheduler_address(ctx, param, value):
 @click.option("--dry-run", is_flag=True, help="Print `[DRY RUN] <command>` per job; run and record nothing.")
 @click.option("--only", "only", multiple=True, metavar="JOB_ID",
               help="Run only this job, e.g. dose_1000/dense/train (repeatable).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto: CUDA when torch sees a GPU (each worker owns one), else CPU.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (each imports torch and ptychi once).")

@@ -17,7 +17,7 @@ from ..jobs import MANIFEST_SCHEMA, utc_now
 from ..manifests import write_json
 from .backend import Progress
 from .outputs import LOG_NAME, RESULT_NAME
-from .records import JobSpec, Outcome
+from .records import STATUSES, JobSpec, Outcome
 
 RESULT_SCHEMA = "job_result"
 RESULT_KEYS = ("status", "returncode", "error", "wall_s", "reconstruction_s", "epochs", "final_loss", "device",
@@ -74,7 +74,7 @@ class RunReport:
             "dry_run": bool(self.dry_run_commands),
             "jobs": [o.__dict__ for o in self.outcomes],
             "counts": {status: sum(1 for o in self.outcomes if o.status == status and not o.resumed)
-                       for status in ("ok", "failed", "timeout", "crashed")} | {
+                       for status in STATUSES} | {
                 "resumed": sum(1 for o in self.outcomes if o.resumed)},
             "wall_s": self.wall_s,
             "reconstruction_s": recon,
