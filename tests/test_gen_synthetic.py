@@ -152,6 +152,48 @@ def test_changed_design_regenerates(smoke_design_path, tmp_path):
     assert index["design_hash"] == load_design(changed).design_hash
 
 
+def test_generator_code_change_regenerates(smoke_design_path, tmp_path, monkeypatch):
+    """Freshness follows the generator's code, not a version constant: another code hash regenerates."""
+    from ptydose.core import synthetic
+
+    assert _run(_args(smoke_design_path, tmp_path, "--dose", "1000")).exit_code == 0
+    index = manifests.read_json(tmp_path / "phase_c" / INDEX_NAME, "dataset_index")
+    assert index["generator_code_hash"] == synthetic.generator_code_hash()
+    path = tmp_path / "phase_c" / "dose_1000" / "patched_train.npz"
+    inode = path.stat().st_ino
+    assert "up to date" in _run(_args(smoke_design_path, tmp_path, "--dose", "1000")).stdout
+    monkeypatch.setattr(synthetic, "generator_code_hash", lambda: "f" * 64)  # as if physics.py had changed
+    result = _run(_args(smoke_design_path, tmp_path, "--dose", "1000"))
+    assert result.exit_code == 0 and "up to date" not in result.stdout
+    assert path.stat().st_ino != inode
+    assert manifests.read_json(tmp_path / "phase_c" / INDEX_NAME, "dataset_index")["generator_code_hash"] == "f" * 64
+
+
+def test_generator_code_hash_changes_when_generator_source_changes(repo_root, tmp_path):
+    """Two copies of the package differing by one line of physics.py give two code hashes; a file
+    outside the generator (summary.py) does not count."""
+    import shutil
+    import subprocess
+    import sys
+
+    def code_hash(edit: str | None) -> str:
+        site = tmp_path / (edit or "same")
+        shutil.copytree(repo_root / "tools", site / "ptydose", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(repo_root / "schemas", site / "ptydose" / "schemas")
+        if edit:
+            with open(site / "ptydose" / "core" / f"{edit}.py", "a") as handle:
+                handle.write("\n# an edit\n")
+        probe = "from ptydose.core.synthetic import generator_code_hash; print(generator_code_hash())"
+        result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    same = code_hash(None)
+    assert same == code_hash("summary")
+    assert same != code_hash("physics")
+
+
 def test_unknown_dose_is_a_one_line_error(smoke_design_path, tmp_path):
     """--dose not in the design: exit 1, one line naming the design and its doses, nothing written."""
     result = _run(_args(smoke_design_path, tmp_path, "--dose", "5"))

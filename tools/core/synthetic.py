@@ -18,11 +18,14 @@ files such a kill leaves are removed by the next run (which holds both roots' lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -362,12 +365,28 @@ def read_index(path: Path) -> dict | None:
         return None
 
 
+#: The modules whose code decides the bytes gen-synthetic writes: a change to any of them (not only
+#: a version bump) makes existing files stale, so data freshness follows the generator's code.
+GENERATOR_MODULES = ("synthetic", "physics", "overlap", "geometry", "fileio", "design")
+
+
+@lru_cache(maxsize=1)
+def generator_code_hash() -> str:
+    """sha256 over the source of GENERATOR_MODULES (as installed: a wheel hashes its own copies)."""
+    digest = hashlib.sha256()
+    for name in GENERATOR_MODULES:
+        source = resources.files(__package__).joinpath(f"{name}.py").read_bytes()
+        digest.update(name.encode() + b"\0" + hashlib.sha256(source).digest())
+    return digest.hexdigest()
+
+
 def _same_generation(index: dict | None, design: StudyDesign) -> bool:
-    return bool(index) and index["design_hash"] == design.design_hash and index["generator_version"] == __version__
+    return (bool(index) and index["design_hash"] == design.design_hash and index["generator_version"] == __version__
+            and index.get("generator_code_hash") == generator_code_hash())
 
 
 def dose_up_to_date(geometry: StudyGeometry, dose: int, roots: dict[str, Path], indexes: dict[str, dict | None]) -> bool:
-    """True when both indexes come from this design and tool version and every file of ``dose``
+    """True when both indexes come from this design and generator code and every file of ``dose``
     is on disk with the sha256 the index records."""
     for plan in geometry.file_plans(dose):
         index = indexes[plan.root]
@@ -401,6 +420,7 @@ def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: d
         "schema_version": "1.0",
         "generator": GENERATOR,
         "generator_version": __version__,
+        "generator_code_hash": generator_code_hash(),
         "root_kind": root_kind,
         "design_name": design.name,
         "design_hash": design.design_hash,
