@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import example_arrays
+from builders import (RawMember, contract_members, deflated_zeros, example_arrays, member_bytes, npy_header,
+                      write_raw_zip)
 from click.testing import CliRunner
 
 from ptydose import __version__
@@ -183,3 +184,38 @@ def test_hostile_files_subprocess_no_traceback_no_payload(tmp_path):
            f"(expected unicode string, found dtype object '|O')" in lines
     assert any(line.startswith(f"{folder}/truncated.npz: (file): truncated or damaged zip archive") for line in lines)
     assert any(line.startswith(f"{folder}/forged.npz: diffraction: header does not fit the member") for line in lines)
+
+
+def test_crafted_members_subprocess_one_line_each(tmp_path):
+    """Real process on a deflate bomb, an encrypted member, an lzma member and a bare .npy: exit 1, exactly one
+    line per file, no traceback."""
+    arrays, meta = example_arrays()
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    header = npy_header("<c8", (16384, 8192))
+    payload, crc = deflated_zeros(header, 16384 * 8192 * 8)
+    declared = len(header) + 16384 * 8192 * 8
+    bomb = RawMember("objectGuess.npy", payload, zipfile.ZIP_DEFLATED, file_size=declared, crc=crc)
+    write_raw_zip(folder / "bomb.npz", contract_members(arrays, meta, objectGuess=bomb))
+    probe = member_bytes(arrays["probeGuess"])
+    encrypted = RawMember("probeGuess.npy", bytes(12) + probe, file_size=len(probe), flags=0x1)
+    write_raw_zip(folder / "encrypted.npz", contract_members(arrays, meta, probeGuess=encrypted))
+    lzma = RawMember("Y.npy", member_bytes(arrays["Y"]), method=zipfile.ZIP_LZMA)
+    write_raw_zip(folder / "lzma.npz", contract_members(arrays, meta, Y=lzma))
+    with open(folder / "bare.npz", "wb") as handle:
+        np.save(handle, np.zeros(3))
+
+    exe = Path(sys.executable).with_name("validate-npz")
+    result = subprocess.run([str(exe), "-q", str(folder)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        f"{folder}/bare.npz: (file): a bare .npy array, not an NPZ archive (expected a zip of .npy members)",
+        f"{folder}/bomb.npz: objectGuess: compression ratio {declared / len(payload):.0f}:1 refused as a likely "
+        f"deflate bomb (expected at most 800:1 for a member over 67108864 bytes, found {declared} bytes from "
+        f"{len(payload)})",
+        f"{folder}/encrypted.npz: probeGuess: encrypted zip member (expected a plain member as np.savez writes, "
+        f"found the encryption flag set)",
+        f"{folder}/lzma.npz: Y: unsupported zip compression method (expected stored or deflate as np.savez and "
+        f"np.savez_compressed write, found method 14: lzma)",
+    ]

@@ -208,3 +208,33 @@ def test_whole_reads_are_bounded(tmp_path, valid):
     assert str(info.value) == (f"Fortran-ordered and too large to check in bounded memory (expected at most "
                                f"{header.data_bytes - 1} bytes held whole, or C order as np.save writes it, "
                                f"found {header.data_bytes})")
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="bytes read counted by /proc (Linux)")
+@pytest.mark.parametrize("deflated", [False, True], ids=["stored", "deflated"])
+def test_header_only_reads_no_array_data(tmp_path, deflated):
+    """Header-only mode reads the zip directory, the .npy headers and _metadata: a few kB of a 25 MB file.
+
+    Bytes read are the kernel's count for this process (rchar); zipfile reads at least 4 kB per
+    member it opens, so 8 members cost ~40 kB plus the directory. Full mode reads every byte.
+    """
+    arrays, meta = example_arrays(n=2000, frame=32, object_size=200, seed=1)
+    path = tmp_path / "h.npz"
+    if deflated:
+        np.savez_compressed(path, **arrays, _metadata=np.array(json.dumps(meta)))
+    else:
+        write_raw_zip(path, contract_members(arrays, meta))
+    size = path.stat().st_size
+    before = _bytes_read()
+    assert check_npz(path, full=False).lines() == []
+    header_only = _bytes_read() - before
+    before = _bytes_read()
+    assert check_npz(path, full=True).lines() == []
+    full = _bytes_read() - before
+    assert header_only < 128 << 10
+    assert full >= size * (0.9 if not deflated else 0.99)

@@ -121,9 +121,12 @@ def read_npy_header(stream, key: str, info: zipfile.ZipInfo) -> MemberHeader:
 
 def central_directory_size(handle: IO[bytes], size: int) -> int | None:
     """The size the end-of-central-directory record declares (zip64 too); None when there is none."""
-    tail_bytes = min(size, 22 + 65535)  # the record plus the longest comment
-    handle.seek(size - tail_bytes)
-    tail = handle.read(tail_bytes)
+    handle.seek(size - min(size, 22))
+    tail = handle.read(22)  # the record without a comment, as numpy writes it
+    if not tail.startswith(EOCD_MAGIC):
+        tail_bytes = min(size, 22 + 65535)  # the record plus the longest comment
+        handle.seek(size - tail_bytes)
+        tail = handle.read(tail_bytes)
     at = tail.rfind(EOCD_MAGIC)
     if at < 0 or at + 22 > len(tail):
         return None
