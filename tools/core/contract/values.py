@@ -2,7 +2,7 @@
 
 ``diffraction`` and ``Y`` go pattern band by pattern band, ``objectGuess`` row band by row band;
 the ``Y[j] == objectGuess window`` check reads only the object blocks a band of patterns needs
-(:class:`~.reading.RowAccess`), so no array is ever held whole except the small ones
+(:class:`~.streaming.RowAccess`), so no array is ever held whole except the small ones
 (``probeGuess``, the per-pattern coordinates and ``scan_index``, within ``MAX_WHOLE_READ_BYTES``).
 The same checks run on arrays already in memory (:class:`ArraySource`, for ``read_contract_npz``).
 """
