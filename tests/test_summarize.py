@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import builders
 from builders import example_arrays
 from click.testing import CliRunner
 
@@ -314,10 +316,16 @@ def test_result_of_other_options_is_not_scored(sweep, tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("bad_json", "result.json: not valid JSON"),
     ("schema", "result.json: status: 'finished' is not one of"),
-    ("pickle", "reconstruction.npz: cannot be read without pickle; refusing"),
+    ("pickle", "reconstruction.npz: object: object array: loading it would need pickle, so it was not loaded"),
     ("missing_key", "reconstruction.npz: object: key missing"),
-    ("truncated", "reconstruction.npz: not a readable NPZ file"),
+    ("truncated", "reconstruction.npz: (file): truncated or damaged zip archive"),
     ("wrong_shape", "reconstruction.npz: object: shape (40, 40) differs from the ground truth (80, 80)"),
+    ("text", "reconstruction.npz: (file): not a zip archive (expected an NPZ, found text)"),
+    ("bare_npy", "reconstruction.npz: (file): a bare .npy array, not an NPZ archive"),
+    ("huge", "reconstruction.npz: object: too large to load"),
+    ("bomb", "reconstruction.npz: object: compression ratio"),
+    ("encrypted", "reconstruction.npz: object: encrypted zip member"),
+    ("bzip2", "reconstruction.npz: object: unsupported zip compression method"),
 ])
 def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
     """A malformed result.json or a foreign reconstruction.npz: exit 1, one line naming the file."""
@@ -341,6 +349,29 @@ def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
             arrays = dict(npz)
         arrays["object"] = arrays["object"][:40, :40]
         np.savez(folder / "reconstruction.npz", **arrays)
+    elif damage == "text":
+        (folder / "reconstruction.npz").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif damage == "bare_npy":
+        np.save(open(folder / "reconstruction.npz", "wb"), np.zeros((N, N), np.complex64))
+    else:  # crafted zips: the other members as they were, `object` replaced byte by byte
+        with np.load(folder / "reconstruction.npz") as npz:
+            arrays = dict(npz)
+        members = [builders.RawMember(f"{k}.npy", builders.member_bytes(v)) for k, v in arrays.items() if k != "object"]
+        if damage == "huge":  # declares 200000 x 200000 complex64 (298 GiB) over a hole in a sparse file
+            header = builders.npy_header("<c8", (200000, 200000))
+            crafted = builders.RawMember("object.npy", header, zeros=200000 * 200000 * 8, crc=0)  # never read
+        elif damage == "bomb":  # 256 MiB of zeros deflated to a few hundred kB
+            header = builders.npy_header("<c8", (4096, 8192))
+            payload, crc = builders.deflated_zeros(header, 4096 * 8192 * 8)
+            crafted = builders.RawMember("object.npy", payload, zipfile.ZIP_DEFLATED,
+                                         file_size=len(header) + 4096 * 8192 * 8, crc=crc)
+        else:
+            raw = builders.member_bytes(arrays["object"])
+            method = zipfile.ZIP_BZIP2 if damage == "bzip2" else zipfile.ZIP_STORED
+            crafted = builders.RawMember("object.npy", raw, method, flags=1 if damage == "encrypted" else 0)
+        if damage == "huge" and not builders.sparse_files_supported(folder):
+            pytest.skip("no sparse files on this filesystem")
+        builders.write_raw_zip(folder / "reconstruction.npz", [crafted, *members])
     result = CliRunner().invoke(cli, ["--artifact-root", str(root)])
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")

@@ -21,7 +21,6 @@ import math
 import platform
 import shlex
 import time
-import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -33,11 +32,11 @@ import numpy as np
 from .. import __version__
 from . import figures, metrics
 from .design import BASELINE_VIEW, SPLITS, StudyDesign, load_design
-from .contract import read_contract_npz
+from .contract import read_contract_npz, read_npz_arrays
 from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
 from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, check_manifest_paths, job_id, options_hash
-from .manifests import read_json, write_json, write_text_atomic
+from .manifests import parse_json, read_json, write_json, write_text_atomic
 from .safepath import check_confined, make_confined_dirs
 
 log = logging.getLogger(__name__)
@@ -67,33 +66,13 @@ FIGURE_METRICS = ("phase_rmse", "phase_ssim", "phase_ms_ssim", "complex_correlat
 # --------------------------------------------------------------------------- reading
 
 
-def _read_npz(path: Path, required: dict[str, str]) -> dict[str, np.ndarray]:
-    """Load ``required`` keys (name -> numpy kind codes) from an NPZ, never unpickling."""
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key, kinds in required.items():
-                if key not in npz.files:
-                    raise ContractError(f"{path}: {key}: key missing")
-                arrays[key] = npz[key]
-                if arrays[key].dtype.kind not in kinds:
-                    raise ContractError(f"{path}: {key}: unexpected dtype {arrays[key].dtype}")
-    except ContractError:
-        raise
-    except ValueError as exc:  # object arrays refuse to load without pickle
-        raise ContractError(f"{path}: cannot be read without pickle; refusing ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ContractError(f"{path}: not a readable NPZ file ({exc})") from exc
-    return arrays
-
-
 def _metadata(path: Path, raw: np.ndarray) -> dict:
     if raw.shape != () or raw.dtype.kind != "U":
         raise ContractError(f"{path}: _metadata: expected a 0-d unicode string, got {raw.dtype} {raw.shape}")
     try:
-        meta = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{path}: _metadata: not valid JSON ({exc.msg})") from exc
+        meta = parse_json(str(raw), f"{path}: _metadata")
+    except ManifestError as exc:
+        raise ContractError(str(exc)) from None
     if not isinstance(meta, dict):
         raise ContractError(f"{path}: _metadata: expected a JSON object")
     return meta
@@ -107,7 +86,8 @@ def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
 
 def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The object and loss history of a run-ptychi ``reconstruction.npz``, checked."""
-    arrays = _read_npz(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f", "_metadata": "U"})
+    arrays = read_npz_arrays(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f",
+                                    "_metadata": "U"})
     arrays["metadata"] = _metadata(path, arrays["_metadata"])
     if arrays["object"].shape != tuple(object_shape):
         raise ContractError(f"{path}: object: shape {arrays['object'].shape} differs from the ground truth {tuple(object_shape)}")

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ContractError
 from ..fileio import write_npz_atomic
 from ..safepath import available_memory_bytes
-from .reading import open_zip
+from .reading import open_zip, read_member_headers
 from .spec import (
     ARRAY_KEYS,
     CONTRACT,
@@ -148,6 +148,54 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, key
             arrays[key] = arrays[key].astype(np.float64, copy=False)
     return ContractData(path=report.path, arrays=arrays, metadata=insp.metadata or {},
                         warnings=[p.line(report.path, warning=True) for p in report.warnings])
+
+
+def read_npz_arrays(path: str | os.PathLike, required: dict[str, str], optional: dict[str, str] | None = None, *,
+                    memory_limit: int | None = None) -> dict[str, np.ndarray]:
+    """Load named arrays of any NPZ (a reconstruction, say) with the contract reader's safety.
+
+    ``required``/``optional``: key -> accepted numpy kind codes (``"c"`` complex, ``"f"`` float,
+    ``"iu"`` integers, ``"U"`` unicode). Before anything is allocated: the zip directory and every
+    member's ``.npy`` header are read (a bare ``.npy``, text, truncated, encrypted, unknown
+    compression, forged sizes and deflate bombs are refused), object dtypes are refused without
+    unpickling, and the declared sizes must fit in the memory available. Raises
+    :class:`ContractError` ``path: key: what is wrong`` with the first problem.
+    """
+    optional = optional or {}
+    report = FileReport(path=Path(path))
+    headers = {}
+    try:
+        zf = open_zip(report.path, report)
+        if zf is not None:
+            with zf:
+                headers = read_member_headers(zf, report.size_bytes or 0, report)
+    except Exception as exc:
+        report.error(FILE_KEY, f"could not be checked ({type(exc).__name__}: {exc})")
+    wanted = {**required, **{k: v for k, v in optional.items() if k in headers}}
+    problems = [p for p in report.errors if p.key == FILE_KEY or p.key in wanted]
+    if problems:
+        raise ContractError(problems[0].line(report.path))
+    for key, kinds in wanted.items():
+        if key not in headers:
+            raise ContractError(f"{report.path}: {key}: key missing")
+        if headers[key].dtype.kind not in kinds:
+            raise ContractError(f"{report.path}: {key}: unexpected dtype {headers[key].dtype} "
+                                f"(expected kind {' or '.join(kinds)})")
+    sizes = {key: headers[key].declared_bytes for key in wanted}
+    available = available_memory_bytes() if memory_limit is None else memory_limit
+    if sum(sizes.values()) > available:
+        key = max(sizes, key=sizes.__getitem__)
+        raise ContractError(f"{report.path}: {key}: too large to load (expected the arrays to fit in the "
+                            f"{size_text(available)} of memory available, found {size_text(sum(sizes.values()))})")
+    arrays: dict[str, np.ndarray] = {}
+    key = FILE_KEY
+    try:
+        with np.load(report.path, allow_pickle=False) as npz:
+            for key in wanted:
+                arrays[key] = npz[key]
+    except Exception as exc:
+        raise ContractError(f"{report.path}: {key}: cannot load ({type(exc).__name__}: {exc})") from None
+    return arrays
 
 
 def write_contract_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict) -> Path:

@@ -174,8 +174,18 @@ def open_zip(path: Path, report: FileReport) -> zipfile.ZipFile | None:
             report.error(FILE_KEY, f"truncated or damaged zip archive (expected a zip central directory, "
                                    f"found none readable: {exc})")
         else:
-            report.error(FILE_KEY, f"not a zip archive (expected an NPZ, found leading bytes {lead!r})")
+            # Never echo the bytes: the file may be anything a manifest pointed at (/etc/passwd, say).
+            report.error(FILE_KEY, f"not a zip archive (expected an NPZ, found {_content_kind(lead)})")
         return None
+
+
+def _content_kind(lead: bytes) -> str:
+    """What a file that is not a zip looks like, in words (its bytes are never quoted)."""
+    try:
+        text = lead.decode("utf-8")
+    except UnicodeDecodeError:
+        return "other binary data"
+    return "text" if all(c.isprintable() or c.isspace() for c in text) else "other binary data"
 
 
 def member_size_problem(info: zipfile.ZipInfo) -> str | None:
