@@ -56,7 +56,7 @@ def example_arrays(n: int = 6, frame: int = 8, object_size: int = 20, dose: int 
     }
     metadata = {
         "schema_version": "1.0", "generator": "example", "generator_version": "0",
-        "design_name": "example", "design_hash": "0" * 64, "dose": int(dose), "split": "train",
+        "design_name": "example", "design_hash": "0" * 64, "data_hash": "0" * 64, "dose": int(dose), "split": "train",
         "view": "baseline", "n_images": n, "amplitude_scale": scale,
         "expected_mean_counts": float(expected.sum(axis=(1, 2)).mean()),
         "measured_mean_counts": float(counts.sum(axis=(1, 2)).mean()),
