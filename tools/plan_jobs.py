@@ -7,7 +7,7 @@ import json
 import click
 
 from ._cli import CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
-from .core.jobs import plan_jobs, write_plan
+from .core.jobs import MAX_EPOCHS, plan_jobs, write_plan
 from .core.run.engines.registry import all_algorithms
 
 
@@ -28,8 +28,8 @@ from .core.run.engines.registry import all_algorithms
               help="Skip jobs whose view NPZ is missing instead of failing.")
 @click.option("--algorithm", type=click.Choice(all_algorithms()), default=None,
               help="Reconstruction algorithm of the design's engine (default: the design's).")
-@click.option("--num-epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per job (default: the design's).")
+@click.option("--num-epochs", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
+              help=f"Epochs per job, 1 to {MAX_EPOCHS} (default: the design's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and skip summary paths and counts as JSON.")
 @verbose_option
 @version_option("plan-jobs")

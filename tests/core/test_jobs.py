@@ -257,3 +257,48 @@ def test_planning_refuses_data_made_from_other_data_settings(smoke_data, smoke_d
     with pytest.raises(StudyError, match=r"_metadata/data_hash: made from other data settings than other_data.json"):
         plan_jobs(other_data, smoke_data["phase_c_root"], smoke_data["phase_d_root"], tmp_path / "b",
                   doses=[1000], views=["sparse"])
+
+
+def test_the_lock_file_is_never_followed_truncated_or_blocked_on(tmp_path):
+    """A link, FIFO or folder in the lock's place is a StudyError naming it; a regular lock keeps its bytes."""
+    import os
+
+    art = tmp_path / "art"
+    art.mkdir()
+    lock = art / ".run-ptychi.lock"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    os.symlink(precious, lock)
+    with pytest.raises(StudyError, match=rf"^{lock}: is a symbolic link; refusing to follow it"):
+        lock_artifact_root(art, "busy")
+    assert precious.read_text() == "keep me\n"
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(StudyError, match=rf"^{lock}: is a FIFO \(named pipe\), expected a lock file"):
+        lock_artifact_root(art, "busy")
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(StudyError, match=rf"^{lock}: is a folder, expected a lock file"):
+        lock_artifact_root(art, "busy")
+    lock.rmdir()
+    lock.write_text("not ours to empty\n")
+    lock_artifact_root(art, "busy").close()
+    assert lock.read_text() == "not ours to empty\n"
+
+
+def test_manifest_inputs_must_be_their_jobs_layout_path(smoke_data, tmp_path):
+    """A root claimed as "/" cannot make a job read any file: only dose_<d>/<view>/<view>_<split>.npz below it."""
+    plan = write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"]))
+    manifest = plan.manifest
+    manifest["provenance"]["phase_d_root"] = "/"
+    for job in manifest["jobs"]:
+        job["input_npz"] = "/etc/hostname"
+    write_json(plan.manifest_path, manifest, MANIFEST_SCHEMA)
+    with pytest.raises(StudyError, match=r"jobs/0/input_npz: /etc/hostname is not the job's input "
+                                         r"/dose_1000/sparse/sparse_train\.npz \(inputs follow the data layout"):
+        load_manifest(plan.manifest_path)
+    manifest = write_plan(_plan(smoke_data, tmp_path / "art", doses=[1000], views=["sparse"])).manifest
+    manifest["jobs"][0]["input_npz"] = manifest["jobs"][1]["input_npz"]  # another job's input, inside the root
+    write_json(plan.manifest_path, manifest, MANIFEST_SCHEMA)
+    with pytest.raises(StudyError, match=r"jobs/0/input_npz: .*sparse_test\.npz is not the job's input .*sparse_train"):
+        load_manifest(plan.manifest_path)

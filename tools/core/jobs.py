@@ -23,8 +23,9 @@ from .. import __version__
 from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
 from .contract import read_contract_npz
 from .errors import ContractError, ManifestError, StudyError
-from .fileio import sha256_file
+from .fileio import remove_stale_temporaries, sha256_file
 from .manifests import read_json, write_json
+from .safepath import open_lock_file
 from .run.engines.options import options_mapping
 from .run.engines.registry import DEFAULT_ENGINE, EngineSpec, engine_spec
 
@@ -36,6 +37,8 @@ SKIP_SUMMARY_NAME = "skip_summary.json"
 MANIFEST_SCHEMA = "reconstruction_manifest"
 SKIP_SUMMARY_SCHEMA = "skip_summary"
 RUN_TOOL = "run-ptychi"
+#: The design schema's bound on reconstruction/num_epochs; --num-epochs obeys the same one.
+MAX_EPOCHS = 1_000_000
 SELECTION_KEYS = ("selection_strategy", "spacing_threshold", "n_accepted", "n_rejected", "acceptance_rate")
 
 
@@ -173,8 +176,8 @@ def plan_jobs(
     spec = design_engine(design)
     algorithm = spec.check_algorithm(algorithm or design.reconstruction["algorithm"])
     epochs = int(num_epochs) if num_epochs is not None else int(design.reconstruction["num_epochs"])
-    if epochs < 1:
-        raise StudyError(f"--num-epochs {epochs}: must be >= 1")
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise StudyError(f"--num-epochs {epochs}: must be between 1 and {MAX_EPOCHS}")
     manifest_path = artifacts / MANIFEST_NAME
     options = engine_options(design)
 
@@ -281,9 +284,11 @@ def lock_artifact_root(artifact_root: Path, busy: str) -> IO:
 
     run-ptychi holds it for a whole run and plan-jobs while it rewrites the manifest, so a replan
     can never interleave with a run's write-backs. ``busy`` is the message when it is taken.
+    The lock file is opened read-only without following a link and never truncated: a link,
+    FIFO, device or folder in its place is a PathError (no write through it, no hang).
     """
     artifact_root.mkdir(parents=True, exist_ok=True)
-    handle = open(artifact_root / LOCK_NAME, "w")
+    handle = open_lock_file(artifact_root / LOCK_NAME, "lock file (remove it; no tool running here needs it)")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -305,6 +310,9 @@ def write_plan(plan: Plan) -> Plan:
 
 
 def _write_plan_locked(plan: Plan) -> None:
+    # Leftovers of a write killed midway; the lock keeps every other writer out.
+    for path in (plan.manifest_path, plan.skip_summary_path):
+        remove_stale_temporaries(path)
     if plan.manifest_path.exists():
         try:
             old = read_json(plan.manifest_path, MANIFEST_SCHEMA)
@@ -316,14 +324,23 @@ def _write_plan_locked(plan: Plan) -> None:
             plan.manifest["execution_results"] = [
                 r for r in old["execution_results"]
                 if r["job_id"] in planned and _same_work(old_jobs.get(r["job_id"]), planned[r["job_id"]])]
-    write_json(plan.manifest_path, plan.manifest, MANIFEST_SCHEMA)
-    write_json(plan.skip_summary_path, plan.skip_summary, SKIP_SUMMARY_SCHEMA)
+    for path, doc, schema in ((plan.manifest_path, plan.manifest, MANIFEST_SCHEMA),
+                              (plan.skip_summary_path, plan.skip_summary, SKIP_SUMMARY_SCHEMA)):
+        try:
+            write_json(path, doc, schema)
+        except OSError as exc:  # the temporary file's name would say less than the file's
+            raise ManifestError(f"{path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bool = True) -> dict:
-    """Check that job ids match their fields, inputs stay inside their phase roots and each job's
-    command is exactly the ``run-ptychi`` call plan-jobs writes (a manifest can only point inside
-    its own roots and can make run-ptychi print nothing but its own command).
+    """Check that job ids match their fields, each input is exactly its job's layout path inside its
+    phase root (:func:`input_path`) and each job's command is exactly the ``run-ptychi`` call
+    plan-jobs writes (a manifest can only point inside its own roots, at its own jobs' files, and
+    can make run-ptychi print nothing but its own command).
+
+    The layout rule matters because the roots are the manifest's own claim: a manifest saying
+    ``phase_c_root: "/"`` must still not make a job read ``/etc/passwd``; it may name only
+    ``/dose_<d>/patched_<split>.npz``.
 
     ``at_its_artifact_root`` also requires the manifest to sit in its planned artifact root with
     the job folders under it (run-ptychi writes there); summarize, which may read a copied sweep,
@@ -344,15 +361,19 @@ def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bo
         root = roots[BASELINE_VIEW] if job["view"] == BASELINE_VIEW else roots["view"]
         if not Path(job["input_npz"]).is_absolute() or not _inside(Path(job["input_npz"]), root):
             raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is outside {root}")
+        layout = input_path(job["view"], job["dose"], job["split"], roots[BASELINE_VIEW], roots["view"])
+        if job["input_npz"] != str(layout):
+            raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is not the job's input "
+                                f"{layout} (inputs follow the data layout of their root)")
         expected_command = run_command(artifacts / MANIFEST_NAME, job["id"])
         if job["command"] != expected_command:
             raise ManifestError(f"{path}: jobs/{i}/command: not the run-ptychi call of this job "
                                 f"(expected {' '.join(expected_command)})")
         if not at_its_artifact_root:
             continue
-        out = Path(job["output_dir"])
-        if not out.is_absolute() or out.resolve() != (artifacts / job["id"]).resolve():
-            raise ManifestError(f"{path}: jobs/{i}/output_dir: {out} is not {artifacts / job['id']}")
+        # Compared as written, never resolved: a link on the way is the runner's to refuse, not to follow.
+        if job["output_dir"] != str(artifacts / job["id"]):
+            raise ManifestError(f"{path}: jobs/{i}/output_dir: {job['output_dir']} is not {artifacts / job['id']}")
     return manifest
 
 

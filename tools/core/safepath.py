@@ -170,6 +170,79 @@ def open_append_nofollow(path: str | os.PathLike):
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
+def _open_regular_nofollow(path: str | os.PathLike, flags: int, what: str) -> int:
+    """A descriptor of ``path`` opened without following a final link and without blocking on a FIFO.
+
+    Refuses (:class:`PathError`) a symbolic link, a folder, a FIFO, a device or a socket, checked with
+    ``fstat`` on the opened descriptor (no window between the check and the use). Nothing is
+    truncated here: a caller that needs an empty file truncates the descriptor it was handed.
+    """
+    flags |= getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathError(f"{path}: is a symbolic link; refusing to follow it (a {what} must be a regular "
+                            "file)") from None
+        if exc.errno == errno.EISDIR:
+            raise PathError(f"{path}: is a folder, expected a {what}") from None
+        if exc.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise PathError(f"{path}: is a FIFO (named pipe), expected a {what}") from None
+        raise PathError(f"{path}: cannot open the {what} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise PathError(f"{path}: cannot inspect the {what} ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise PathError(f"{path}: is {_kind(st.st_mode)}, expected a {what}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_lock_file(path: str | os.PathLike, what: str = "lock file"):
+    """Open (creating it) a lock file for ``flock``: read-only, never truncated, never through a link."""
+    return os.fdopen(_open_regular_nofollow(path, os.O_RDONLY | os.O_CREAT, what), "rb")
+
+
+def open_truncated_nofollow(path: str | os.PathLike, what: str = "file") -> int:
+    """A write descriptor of ``path`` emptied for a fresh start; a link, FIFO, device or folder is refused.
+
+    The file is truncated only after ``fstat`` showed a regular file (``O_TRUNC`` would act first).
+    """
+    fd = _open_regular_nofollow(path, os.O_WRONLY | os.O_CREAT, what)
+    try:
+        os.ftruncate(fd, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise PathError(f"{path}: cannot empty the {what} ({exc.strerror or type(exc).__name__})") from None
+    return fd
+
+
+def entry_problem(path: str | os.PathLike, what: str = "file") -> str | None:
+    """Why an existing ``path`` (not followed) is not a regular file; None when it is one or is absent."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: cannot inspect the {what} ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return f"{path}: is a symbolic link; refusing to follow it (a {what} must be a regular file)"
+    return f"{path}: is {_kind(mode)}, expected a {what}"
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` itself (a link is not followed) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def available_memory_bytes() -> int:
     """Memory a new allocation can count on now (Linux MemAvailable; else physical pages free)."""
     try:
