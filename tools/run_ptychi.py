@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -14,6 +15,21 @@ from .core.run.runner import run_manifest
 from .core.run.worker import DEVICES
 
 SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds > 0: ``nan``, ``inf`` and ``-1`` are usage errors (exit 2)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: expected a finite number of seconds > 0 (omit --timeout for no limit)", param, ctx)
+        return seconds
 
 
 def _scheduler_address(ctx, param, value):
@@ -35,9 +51,10 @@ def _scheduler_address(ctx, param, value):
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT", callback=_scheduler_address,
               help="Run the jobs on this Dask distributed scheduler's workers instead (artifact and input "
                    "roots on a filesystem they share; excludes --workers > 1).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Kill and fail a job that runs longer than this (with --scheduler: cancel it, restart its worker).")
-@click.option("--force", is_flag=True, help="Redo jobs that already succeeded with the same input and options.")
+@click.option("--timeout", type=Seconds(), default=None, metavar="SECONDS",
+              help="Kill and fail a job that runs longer than this (with --scheduler: cancel it, restart its worker). "
+                   "A finite number > 0; nan and inf are usage errors; omit it for no limit.")
+@click.option("--force", is_flag=True, help="Redo jobs that already succeeded (same input, options and versions).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")
 @verbose_option
 @version_option("run-ptychi")
@@ -48,8 +65,11 @@ def cli(manifest_path, dry_run, only, device, workers, scheduler, timeout, force
     Each job's folder (<artifact-root>/dose_<d>/<view>/<split>/) gets ptychi.log (everything the
     job printed), reconstruction.npz, losses.csv, product.h5 (Ptychodus) and result.json; the
     outcome is written back into the manifest's execution_results after every job. A rerun skips
-    jobs already ok for the same input sha256 and options (--force redoes them). A job's
-    exception, crash or timeout fails that job only. Exit 0 all ok, 1 bad input, 2 usage,
+    jobs whose result.json is ok for the same job, input sha256, options, tool version and engine
+    version (an upgrade reruns; --force redoes them). A job about to run loses its manifest entry
+    and result.json first, so a killed run never leaves "ok" beside half-written outputs. A job's
+    exception, crash, timeout or refused folder (a symbolic link below the artifact root, a log
+    that is a link, FIFO or folder) fails that job only. Exit 0 all ok, 1 bad input, 2 usage,
     3 some job failed. Progress goes to stderr, one result line per job to stdout.
 
     With --scheduler tcp://HOST:PORT the jobs run on a Dask distributed cluster (e.g. one started

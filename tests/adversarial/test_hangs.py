@@ -6,12 +6,15 @@ Every tool runs in a subprocess with a deadline (conftest.HANG_DEADLINE_S): a to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import pytest
 
-from conftest import assert_one_line_error, run_tool
+from conftest import assert_one_line_error, copy_sweep, run_tool
+
+TRAIN, TEST = "dose_1000/sparse/train", "dose_1000/sparse/test"
 
 
 def _fifo(path):
@@ -74,3 +77,70 @@ def test_validate_npz_on_a_fifo_and_a_device(tmp_path):
     if shutil.which("true"):
         result = run_tool("validate-npz", "/dev/zero")
         assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- run-ptychi and plan-jobs
+
+def _job_lines(stdout: str) -> dict[str, str]:
+    return dict(line.split("\t", 1) for line in stdout.splitlines())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+@pytest.mark.parametrize("tool", ["run-ptychi", "plan-jobs"])
+def test_lock_file_that_is_not_a_regular_file(real_sweep, tmp_path, kind, tool):
+    """.run-ptychi.lock is a FIFO (opening it for writing blocked forever) or a folder: one line, exit 1."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    lock = root / ".run-ptychi.lock"
+    lock.unlink(missing_ok=True)
+    _fifo(lock) if kind == "fifo" else lock.mkdir()
+    before = (root / "reconstruction_manifest.json").read_bytes()
+    if tool == "run-ptychi":
+        result = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json", "--force")
+    else:
+        prov = json.loads(before)["provenance"]
+        result = run_tool("plan-jobs", "--design", prov["design"], "--phase-c-root", prov["phase_c_root"],
+                          "--phase-d-root", prov["phase_d_root"], "--artifact-root", root, "--dose", "1000")
+    expected = "is a FIFO (named pipe), expected a lock file" if kind == "fifo" else "is a folder, expected a lock file"
+    assert_one_line_error(result, str(lock), expected)
+    assert (root / "reconstruction_manifest.json").read_bytes() == before
+
+
+def test_manifest_that_is_a_fifo_for_a_real_run(tmp_path):
+    """run-ptychi (not a dry run) on a FIFO manifest: one line at once, no lock file made beside it."""
+    root = tmp_path / "phase_f"
+    root.mkdir()
+    manifest = _fifo(root / "reconstruction_manifest.json")
+    result = run_tool("run-ptychi", "--manifest", manifest, "--force")
+    assert_one_line_error(result, str(manifest), "is a FIFO (named pipe)")
+    assert sorted(p.name for p in root.iterdir()) == ["reconstruction_manifest.json"]
+
+
+def test_result_json_that_is_a_fifo_means_not_done(real_sweep, tmp_path):
+    """One job's result.json is a FIFO: that job is not done and reruns (the FIFO replaced), no hang."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    result_path = root / TEST / "result.json"
+    result_path.unlink()
+    _fifo(result_path)
+    result = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = _job_lines(result.stdout)
+    assert lines[TRAIN] == "skipped (resumed)" and lines[TEST].startswith("ok\t")
+    assert result_path.is_file() and json.loads(result_path.read_text())["status"] == "ok"
+
+
+def test_result_json_that_is_a_folder_fails_that_job(real_sweep, tmp_path):
+    """One job's result.json is a folder: that job fails naming it (exit 3), the folder is left alone."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    result_path = root / TEST / "result.json"
+    result_path.unlink()
+    result_path.mkdir()
+    (result_path / "keep.txt").write_text("mine\n")
+    result = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json", "--device", "cpu")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert _job_lines(result.stdout) == {
+        TRAIN: "skipped (resumed)",
+        TEST: f"failed\tPathError: {result_path}: is a folder where the job's result.json belongs (remove it)"}
+    assert (result_path / "keep.txt").read_text() == "mine\n"
+    manifest = json.loads((root / "reconstruction_manifest.json").read_text())
+    assert {e["job_id"]: e["status"] for e in manifest["execution_results"]} == {TRAIN: "ok", TEST: "failed"}

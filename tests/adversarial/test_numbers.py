@@ -10,7 +10,7 @@ import pytest
 from ptydose.core.errors import ManifestError
 from ptydose.core.manifests import parse_json, write_json
 
-from conftest import assert_one_line_error, run_tool
+from conftest import assert_one_line_error, copy_sweep, run_tool, snapshot
 
 
 def _design_with(study_design_path, tmp_path, mutate, text_patch=None):
@@ -98,3 +98,68 @@ def test_design_with_nan_in_an_overlap_view_names_the_field(study_design_path, t
                       tmp_path / "d", "--artifact-root", tmp_path / "f")
     assert_one_line_error(result, str(path), "NaN is not a JSON number")
     assert not (tmp_path / "f").exists()
+
+
+# --------------------------------------------------------------------------- run-ptychi and plan-jobs
+
+@pytest.mark.parametrize("value, message", [
+    ("nan", "'nan': expected a finite number of seconds > 0 (omit --timeout for no limit)"),
+    ("inf", "'inf': expected a finite number of seconds > 0"),
+    ("-inf", "'-inf': expected a finite number of seconds > 0"),
+    ("0", "'0': expected a finite number of seconds > 0"),
+    ("-1", "'-1': expected a finite number of seconds > 0"),
+    ("soon", "'soon' is not a number of seconds"),
+])
+def test_timeout_that_is_not_a_finite_positive_number_is_a_usage_error(real_sweep, tmp_path, value, message):
+    """--timeout nan busy-waited and inf raised: both (and the other non-numbers) are exit 2, nothing written."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    before = snapshot(root)
+    result = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json", "--force",
+                      "--timeout", value)
+    assert_one_line_error(result, "Invalid value for '--timeout'", message, code=2)
+    assert snapshot(root) == before
+
+
+def test_a_huge_finite_timeout_is_no_limit_in_practice(real_sweep, tmp_path):
+    """--timeout 1e300 is finite and valid: the job runs (no operating-system wait is handed 1e300 s)."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    result = run_tool("run-ptychi", "--manifest", root / "reconstruction_manifest.json", "--force", "--only",
+                      "dose_1000/sparse/test", "--device", "cpu", "--timeout", "1e300")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("dose_1000/sparse/test\tok\t")
+
+
+def test_run_manifest_refuses_non_finite_timeouts(real_sweep, tmp_path):
+    """The core function checks what the CLI checks (it is also called directly), before any lock or write."""
+    from ptydose.core.errors import StudyError
+    from ptydose.core.run.runner import run_manifest
+
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    before = snapshot(root)
+    for value in (math.nan, math.inf, -math.inf, 0.0, -5.0):
+        with pytest.raises(StudyError, match=r"^--timeout .*: expected a finite number of seconds > 0"):
+            run_manifest(root / "reconstruction_manifest.json", force=True, timeout=value, echo=lambda line: None)
+    assert snapshot(root) == before
+
+
+def test_plan_num_epochs_is_bounded(smoke_data, tmp_path):
+    """--num-epochs 10**30 (a job that never ends) is a usage error, as the design schema's bound."""
+    result = run_tool("plan-jobs", "--design", smoke_data["design"], "--phase-c-root", smoke_data["phase_c_root"],
+                      "--phase-d-root", smoke_data["phase_d_root"], "--artifact-root", tmp_path / "f",
+                      "--num-epochs", str(10**30))
+    assert_one_line_error(result, "Invalid value for '--num-epochs'", "1<=x<=1000000", code=2)
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_non_finite_final_loss_is_a_failure_not_an_ok(tmp_path):
+    """A diverged reconstruction (NaN loss) is recorded as failed with no loss; JSON never carries NaN."""
+    from ptydose.core.run.recording import finite_loss
+    from ptydose.core.run.records import Outcome
+
+    diverged = finite_loss(Outcome("ok", 0, None, 1.0, "cpu", 0.5, 8, math.nan))
+    assert (diverged.status, diverged.returncode, diverged.final_loss) == ("failed", 1, None)
+    assert diverged.error == "EngineError: the loss is nan after epoch 8 (the reconstruction diverged)"
+    timed_out = finite_loss(Outcome("timeout", -9, "killed", 1.0, "cpu", None, 3, math.inf))
+    assert (timed_out.status, timed_out.error, timed_out.final_loss) == ("timeout", "killed", None)
+    fine = Outcome("ok", 0, None, 1.0, "cpu", 0.5, 8, 0.25)
+    assert finite_loss(fine) is fine

@@ -4,6 +4,11 @@
 checkpoints), ``losses.csv`` and ``product.h5`` (Ptychodus) are written by the worker, each
 atomically; ``result.json`` only by :mod:`.recording`; ``ptychi.log`` holds everything the job
 printed plus the runner's notes.
+
+Atomic writes create a fresh temporary file in the job folder and rename it over the target, so
+a link in a file's place is replaced, never written through; the folder itself is checked first
+(:func:`job_folder`: no link between the artifact root and it). An OS error while writing an
+output (a full disk, a folder made read-only) names that output: ``<path>: No space left on device``.
 """
 
 from __future__ import annotations
@@ -11,20 +16,45 @@ from __future__ import annotations
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ... import __version__
+from ..errors import EngineError
 from ..fileio import atomic_output
 from ..product import ProductMetadata, write_product
+from ..safepath import make_confined_dirs
 from .engines.base import EngineInputs, EngineResult
 from .engines.registry import engine_spec
-from .records import WorkItem
+from .records import JobSpec, WorkItem
 
 LOG_NAME = "ptychi.log"
 RESULT_NAME = "result.json"
 OUTPUT_FILES = ("reconstruction.npz", "losses.csv", "product.h5")
+#: Files written by atomic replacement: a kill can leave ``.<name>.<random>.tmp`` beside them.
+ATOMIC_FILES = (RESULT_NAME, *OUTPUT_FILES)
+
+
+class OutputError(EngineError):
+    """An output file could not be written (the message starts with its path)."""
+
+
+def job_folder(job: JobSpec) -> Path:
+    """The job's folder, created as real folders below its artifact root; a link on the way is a PathError."""
+    return make_confined_dirs(job.confining_root, job.output_dir, "job folder")
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Turn an OS error while writing ``path`` into ``<path>: <reason>`` (write errors carry no file name)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OutputError(f"{path}: {reason}") from None
 
 
 def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, metadata: dict) -> Path:
@@ -59,14 +89,23 @@ def write_losses_csv(path: str | os.PathLike, epochs: np.ndarray, values: np.nda
 
 def write_job_outputs(item: WorkItem, inputs: EngineInputs, result: EngineResult) -> None:
     """The three output files of one finished reconstruction, in the job's folder."""
-    job, inst = item.job, item.instrument
+    job = item.job
     out = job.output_dir
     meta = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
             "input_npz": job.input_npz, "input_sha256": job.input_sha256, "engine": job.engine,
             "algorithm": job.algorithm, "num_epochs": job.num_epochs, "options_hash": job.options_hash}
-    write_reconstruction_npz(out / "reconstruction.npz", result, meta)
-    write_losses_csv(out / "losses.csv", result.loss_epochs, result.loss_values)
+    with naming(out / "reconstruction.npz"):
+        write_reconstruction_npz(out / "reconstruction.npz", result, meta)
+    with naming(out / "losses.csv"):
+        write_losses_csv(out / "losses.csv", result.loss_epochs, result.loss_values)
     title = engine_spec(job.engine).title
+    with naming(out / "product.h5"):
+        _write_product(item, inputs, result, title)
+
+
+def _write_product(item: WorkItem, inputs: EngineInputs, result: EngineResult, title: str) -> None:
+    job, inst = item.job, item.instrument
+    out = job.output_dir
     write_product(
         out / "product.h5",
         ProductMetadata(

@@ -36,9 +36,16 @@ class JobSpec:
     options: Any  # the engine's options record (e.g. PtychiOptions)
     options_hash: str
     selection: dict
+    # The folder the job's writes must stay inside (no link on the way from it to output_dir);
+    # None: output_dir itself (its own files are still never followed through links).
+    artifact_root: Path | None = None
+
+    @property
+    def confining_root(self) -> Path:
+        return self.artifact_root if self.artifact_root is not None else self.output_dir
 
     @classmethod
-    def from_manifest(cls, job: dict) -> "JobSpec":
+    def from_manifest(cls, job: dict, artifact_root: Path | None = None) -> "JobSpec":
         """The record of a schema-checked manifest job; an unknown engine or algorithm is an EngineError."""
         spec = engine_spec(job.get("engine", DEFAULT_ENGINE))
         spec.check_algorithm(job["algorithm"], flag=f"jobs/{job['id']}/algorithm")
@@ -48,6 +55,7 @@ class JobSpec:
             output_dir=Path(job["output_dir"]), engine=spec.name, algorithm=job["algorithm"],
             num_epochs=int(job["num_epochs"]), options=spec.options(job["engine_options"]),
             options_hash=options_hash(job), selection=dict(job["selection"]),
+            artifact_root=None if artifact_root is None else Path(artifact_root),
         )
 
 
@@ -91,6 +99,12 @@ class Outcome:
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: how a job's error is recorded."""
+    """``Type: first line of the message``: how a job's error is recorded.
+
+    An OS error names its path: ``PermissionError: /x/ptychi.log: Permission denied``.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{type(exc).__name__}: {exc.filename}{target}: {exc.strerror}"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -6,7 +6,12 @@ runs one job with the process's file descriptors 1 and 2 pointed at the job's ``
 everything the job prints -- Python, pty-chi's logging and tqdm, C extensions -- lands there. In
 order: the input's sha256 against the plan, the data-contract check (:func:`.engines.base.load_inputs`,
 which hands the engine no ground truth), the engine, then ``reconstruction.npz``, ``losses.csv``
-and ``product.h5``. It never raises: a job's exception is its :class:`~.records.Outcome`.
+and ``product.h5``. It never raises: a job's exception is its :class:`~.records.Outcome`, and so is
+a job folder it may not write (a link on the way from the artifact root, a log that is a link,
+a FIFO or a folder, a read-only folder).
+
+The runner removed the job's ``result.json`` (and its manifest entry) before sending the job, so
+a kill from here on leaves the job "not done", never "ok" beside half-replaced outputs.
 
 Fault injection (tests only): the environment variable ``RUN_PTYCHI_FAULT_INJECTION`` holds
 ``<job id>=<mode>`` pairs separated by commas; a worker honours it after loading that job's
@@ -30,10 +35,11 @@ from typing import Callable
 from ... import __version__
 from ..errors import EngineError, StudyError
 from ..fileio import sha256_file
+from ..safepath import open_truncated_nofollow
 from .backend import Event, Progress
 from .engines.base import Engine, load_inputs
 from .engines.registry import engine_spec
-from .outputs import LOG_NAME, RESULT_NAME, write_job_outputs
+from .outputs import LOG_NAME, job_folder, write_job_outputs
 from .records import JobSpec, Outcome, WorkItem, one_line
 
 FAULT_ENV = "RUN_PTYCHI_FAULT_INJECTION"
@@ -67,17 +73,24 @@ def inject_fault(mode: str) -> None:
             time.sleep(60)
 
 
-class LogCapture:
-    """Point fds 1 and 2 at a log file for the duration of a job (C-level output included)."""
+def open_job_log(log_path: Path) -> int:
+    """The job's log, emptied for this run: a link, FIFO, device or folder in its place is a PathError."""
+    return open_truncated_nofollow(log_path, "job log (ptychi.log)")
 
-    def __init__(self, log_path: Path):
-        self.log_path = log_path
+
+class LogCapture:
+    """Point fds 1 and 2 at an open log descriptor for the duration of a job (C-level output included).
+
+    The descriptor comes from :func:`open_job_log`, so nothing is opened (or can fail) here.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
 
     def __enter__(self) -> "LogCapture":
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = (os.dup(1), os.dup(2))
-        self.fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(self.fd, 1)
         os.dup2(self.fd, 2)
         return self
@@ -173,11 +186,11 @@ class WorkerSession:
     def run(self, item: WorkItem, emit: Emit | None = None) -> Outcome:
         """Run one job with its output captured in its log; never raises (the outcome says how it went)."""
         job = item.job
-        out = job.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        # A rerun must not leave an old "ok" beside half-replaced outputs if it is killed.
-        (out / RESULT_NAME).unlink(missing_ok=True)
         start = time.perf_counter()
+        try:
+            log_fd = open_job_log(job_folder(job) / LOG_NAME)
+        except (StudyError, OSError) as exc:  # nowhere to write: that job's failure, before any compute
+            return Outcome("failed", 1, one_line(exc), time.perf_counter() - start)
         done = {"epochs": 0, "final_loss": None}
         label: str | None = None
         outcome: dict = {}
@@ -189,7 +202,7 @@ class WorkerSession:
             if emit is not None:
                 emit(Progress(job.id, epochs, total, None if loss is None else float(loss), run_s))
 
-        with LogCapture(out / LOG_NAME):
+        with LogCapture(log_fd):
             try:
                 label = self.claim_device()
                 print(f"run-ptychi {__version__}: job {job.id} on {label} (worker pid {os.getpid()})", flush=True)

@@ -28,6 +28,9 @@ class EngineSpec:
     defaults: Mapping[str, Any]  # option values used where the design is silent
     from_design: Callable[[Any, Mapping[str, Any]], dict]  # (StudyDesign, defaults) -> engine_options
     importer: Callable[[], Engine]  # imports the engine's module; called in workers only
+    # The distribution whose installed version resume compares with result.json's ``versions``
+    # (an upgrade reruns); None for an engine without one.
+    package: str | None = None
 
     def load(self) -> Engine:
         """The engine, with its heavy dependencies imported."""
@@ -78,6 +81,7 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
         defaults=MappingProxyType({"optimize_probe": True, "probe_update_start_epoch": 1, "chunk_epochs": 10}),
         from_design=_ptychi_design_options,
         importer=_import_ptychi,
+        package="ptychi",
     ),
 })
 
