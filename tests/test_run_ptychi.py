@@ -63,11 +63,17 @@ def test_real_run_writes_every_output(smoke_data, tmp_path):
     result = CliRunner().invoke(cli, ["--manifest", str(manifest), "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["counts"]["ok"] == 1 and report["overhead_ratio"] >= 1
+    assert report["counts"] == {"ok": 1, "failed": 0, "timeout": 0, "crashed": 0, "resumed": 0}
+    assert [(j["job_id"], j["status"], j["resumed"], j["error"]) for j in report["jobs"]] == [
+        ("dose_100000/baseline/train", "ok", False, None)]
     out = art / "dose_100000" / "baseline" / "train"
     assert sorted(p.name for p in out.iterdir()) == ["losses.csv", "product.h5", "ptychi.log",
                                                      "reconstruction.npz", "result.json"]
     job_result = read_json(out / "result.json", "job_result")
+    # The report's task.run seconds are the job's own, and the overhead ratio is wall over them (as
+    # defined in RunReport.to_dict): exact up to float division.
+    assert report["reconstruction_s"] == job_result["reconstruction_s"] > 0
+    assert report["overhead_ratio"] == pytest.approx(report["wall_s"] / job_result["reconstruction_s"], rel=1e-12)
     assert (job_result["status"], job_result["returncode"], job_result["epochs"]) == ("ok", 0, 8)
     assert job_result["device"] == "cpu" and job_result["versions"]["ptychi"] == "2.2.0"
     assert (job_result["engine"], job_result["algorithm"]) == ("ptychi", "LSQML")
