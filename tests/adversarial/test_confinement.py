@@ -189,3 +189,22 @@ def test_manifest_roots_cannot_widen_what_a_run_reads(real_sweep, tmp_path, outs
                                       "/dose_1000/sparse/sparse_train.npz")
         assert "SECRET" not in result.stdout + result.stderr
     assert snapshot(root) == before
+
+
+def test_plan_replaces_linked_manifest_files_without_following_them(real_sweep, tmp_path, outside):
+    """reconstruction_manifest.json and skip_summary.json as links to outside files: plan-jobs replaces the
+    links themselves with its documents; the files they pointed at keep their bytes."""
+    root = copy_sweep(real_sweep, tmp_path / "phase_f")
+    prov = json.loads((root / "reconstruction_manifest.json").read_text())["provenance"]
+    (outside / "skip.json").write_text("{}\n")
+    for name, target in (("reconstruction_manifest.json", "precious.txt"), ("skip_summary.json", "skip.json")):
+        (root / name).unlink()
+        os.symlink(outside / target, root / name)
+    before = snapshot(outside)
+    result = run_tool("plan-jobs", "--design", prov["design"], "--phase-c-root", prov["phase_c_root"],
+                      "--phase-d-root", prov["phase_d_root"], "--artifact-root", root, "--dose", "1000",
+                      "--view", "sparse")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(outside) == before
+    for name in ("reconstruction_manifest.json", "skip_summary.json"):
+        assert not (root / name).is_symlink() and json.loads((root / name).read_text())["schema_version"] == "1.0"

@@ -288,7 +288,7 @@ def lock_artifact_root(artifact_root: Path, busy: str) -> IO:
     FIFO, device or folder in its place is a PathError (no write through it, no hang).
     """
     artifact_root.mkdir(parents=True, exist_ok=True)
-    handle = open_lock_file(artifact_root / LOCK_NAME, "lock file (remove it; no tool running here needs it)")
+    handle = open_lock_file(artifact_root / LOCK_NAME)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
