@@ -1,0 +1,266 @@
+"""The CDTools engine: automatic-differentiation ptychography (Adam) on the same inputs as pty-chi.
+
+Conventions (CDTools 0.3, ``cdtools.models.FancyPtycho``; the proof is
+``tests/core/run/test_cdtools_engine.py``):
+
+* Positions: FancyPtycho turns translations (metres) into pixels with the object basis and
+  subtracts ``min_translation``; the result is the top-left corner of the object window, taken at
+  ``floor`` with the probe Fourier-shifted by the fraction. Our probe's centre is pixel
+  ``(N - 1) / 2`` of its frame, so translations ``(x, y) * pixel_size`` with
+  ``min_translation = (N - 1) / 2 - PAD`` put the probe centre on ``(xcoords, ycoords)`` of an
+  object buffer padded by ``PAD`` pixels. pty-chi rounds where CDTools floors: where the two
+  windows differ by a pixel the probe frame wraps by one pixel (``edge_energy_fraction`` of the
+  probe), a ~1e-3 relative difference in those patterns and none in the others.
+* Far field: CDTools' propagator is the *orthonormal* FFT, so the model's probe is ``N *
+  probeGuess`` and its intensities are the contract's counts ``|fft2(P * O)|^2`` (DC-centred).
+* The object starts flat (ones) -- the engine never gets ``objectGuess`` -- laid out in the
+  ``objectGuess`` frame (the padding is cropped off). The probe starts from ``probeGuess``.
+* Only the object and the probe are refined (the probe from ``probe_update_start_epoch``,
+  0-based like pty-chi's optimisation plan); FancyPtycho's background, per-shot weights and
+  position offsets stay fixed, as pty-chi's recipe keeps them.
+* Loss: ``gaussian`` is CDTools' amplitude MSE (Gaussian noise on sqrt(counts)), ``poisson``
+  its Poisson NLL. The reported loss is CDTools' per-epoch loss, normalised per pixel.
+
+Nothing is written to disk and no figure is made: the reconstructor runs in this thread
+(``thread=False``, so it never polls matplotlib) and no CDTools save or plot call is used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import EngineError
+from .base import EngineInputs, EngineResult, ProgressCallback
+from .options import NOISE_MODELS
+
+#: Pixels of padding around the object buffer: CDTools' floor window may start one pixel before
+#: pty-chi's rounded one, which the data contract keeps inside the object.
+PAD = 1
+#: CDTools' loss names for our noise models.
+LOSSES = {"gaussian": "amplitude mse", "poisson": "poisson nll"}
+#: The detector distance only sets CDTools' detector basis (the object basis comes from the
+#: object pixel size directly); the far-field model does not depend on it.
+NOMINAL_DETECTOR_DISTANCE_M = 1.0
+
+
+@dataclass(frozen=True)
+class CdtoolsOptions:
+    """What determines a CDTools reconstruction besides the input, the algorithm and the epochs."""
+
+    noise_model: str  # "gaussian" (amplitude MSE) or "poisson" (Poisson NLL)
+    learning_rate: float  # Adam's step size in the first epoch (object and normalised probe alike)
+    learning_rate_final: float  # ... in the last epoch, geometrically in between (= learning_rate: constant)
+    batch_size: int  # patterns per Adam step
+    optimize_probe: bool
+    probe_update_start_epoch: int  # first (0-based) epoch in which the probe is refined
+    seed: int  # minibatch order (the design's seeds.grouping)
+    chunk_epochs: int  # epochs per progress report
+    wavelength_m: float
+    object_pixel_size_m: float
+
+    def __post_init__(self) -> None:
+        if self.noise_model not in NOISE_MODELS:
+            raise EngineError(f"engine_options/noise_model: {self.noise_model!r} is not one of "
+                              f"{', '.join(NOISE_MODELS)}")
+        for name in ("batch_size", "chunk_epochs"):
+            if getattr(self, name) < 1:
+                raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
+        if self.probe_update_start_epoch < 0:
+            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, "
+                              f"got {self.probe_update_start_epoch}")
+        for name in ("learning_rate", "learning_rate_final", "wavelength_m", "object_pixel_size_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise EngineError(f"engine_options/{name}: must be a finite number > 0, got {value}")
+
+
+#: Option values where the design is silent (measured on the shipped design, docs/engines.md).
+CDTOOLS_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "noise_model": "gaussian",
+    "learning_rate": 0.05,
+    "learning_rate_final": 0.01,
+    "batch_size": 16,
+    "optimize_probe": True,
+    "probe_update_start_epoch": 1,
+    "chunk_epochs": 10,
+})
+
+
+def cdtools_design_options(design: Any, defaults: Mapping[str, Any]) -> dict:
+    """The ``engine_options`` of a CDTools job of ``design``.
+
+    The design's reconstruction block is pty-chi's: only the settings that mean the same for
+    CDTools (noise model, probe refinement, progress chunks) are taken from it; the learning
+    rate and the batch size are CDTools' own (an Adam step and an LSQML step differ).
+    """
+    rec = {**defaults, **{k: v for k, v in design.reconstruction.items()
+                          if k in ("noise_model", "optimize_probe", "probe_update_start_epoch", "chunk_epochs")}}
+    return {
+        "noise_model": rec["noise_model"],
+        "learning_rate": rec["learning_rate"],
+        "learning_rate_final": rec["learning_rate_final"],
+        "batch_size": rec["batch_size"],
+        "optimize_probe": rec["optimize_probe"],
+        "probe_update_start_epoch": rec["probe_update_start_epoch"],
+        "seed": design.seeds["grouping"],
+        "chunk_epochs": rec["chunk_epochs"],
+        "wavelength_m": design.wavelength_m,
+        "object_pixel_size_m": design.object_pixel_size_m,
+    }
+
+
+def import_cdtools() -> Any:
+    """``cdtools`` (imports torch, matplotlib and h5py: seconds, once per process).
+
+    CDTools builds a colormap at import with an argument matplotlib 3.11 deprecates; that one
+    third-party warning is silenced, nothing else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Passing 'N' to ListedColormap is deprecated")
+        import cdtools
+
+    return cdtools
+
+
+def translations_m(inputs: EngineInputs, pixel_size_m: float) -> np.ndarray:
+    """CDTools translations (x, y, z) in metres, float32 (n, 3), of the probe centres."""
+    n = len(inputs.xcoords)
+    return np.stack([inputs.xcoords * pixel_size_m, inputs.ycoords * pixel_size_m, np.zeros(n)],
+                    axis=1).astype(np.float32)
+
+
+def check_windows(inputs: EngineInputs) -> None:
+    """Every CDTools (floor) window lies inside the padded object buffer, else an EngineError."""
+    n = inputs.probe.shape[-1]
+    for axis, coords, size in (("y", inputs.ycoords, inputs.object_shape[0]), ("x", inputs.xcoords, inputs.object_shape[1])):
+        start = np.floor(coords - (n - 1) / 2.0) + PAD
+        bad = np.flatnonzero((start < 0) | (start + n > size + 2 * PAD))
+        if bad.size:
+            raise EngineError(f"{axis}coords[{bad[0]}] = {coords[bad[0]]}: the {n} x {n} window leaves the object "
+                              f"(size {size}) by more than {PAD} px")
+
+
+def build_model(inputs: EngineInputs, options: CdtoolsOptions, initial_object: np.ndarray) -> tuple[Any, Any]:
+    """The CDTools ``(FancyPtycho, Ptycho2DDataset)`` of ``inputs``, starting from ``initial_object``.
+
+    ``initial_object`` is in the ``objectGuess`` frame (the engine passes ones; the conventions
+    test passes the truth to compare forward models). Both live on the CPU.
+    """
+    import torch
+
+    cdtools = import_cdtools()
+    Ptycho2DDataset, FancyPtycho = cdtools.datasets.Ptycho2DDataset, cdtools.models.FancyPtycho
+
+    if tuple(initial_object.shape) != tuple(inputs.object_shape):
+        raise EngineError(f"initial object shape {initial_object.shape} differs from {inputs.object_shape}")
+    check_windows(inputs)
+    n = inputs.probe.shape[-1]
+    pixel = options.object_pixel_size_m
+    # Detector pixel that makes CDTools' far-field object basis exactly this pixel size.
+    detector_pixel = options.wavelength_m * NOMINAL_DETECTOR_DISTANCE_M / (n * pixel)
+    # Basis columns: the (i, j) = (row, column) pixel steps in (x, y, z); rows follow y, columns x.
+    detector = {"distance": NOMINAL_DETECTOR_DISTANCE_M,
+                "basis": np.array([[0.0, detector_pixel], [detector_pixel, 0.0], [0.0, 0.0]], np.float32)}
+    object_basis = np.array([[0.0, pixel], [pixel, 0.0], [0.0, 0.0]], np.float32)
+    translations = translations_m(inputs, pixel)
+    # The dataset wraps the counts without a copy; CDTools only zeroes NaNs in place, and the
+    # contract guarantees there are none.
+    dataset = Ptycho2DDataset(translations, torch.as_tensor(inputs.counts), wavelength=options.wavelength_m,
+                              detector_geometry=detector)
+    padded = np.pad(initial_object.astype(np.complex64), PAD, constant_values=1.0)
+    model = FancyPtycho(
+        options.wavelength_m, detector, object_basis,
+        probe_guess=(inputs.probe.astype(np.complex64) * n)[None],  # orthonormal FFT: N * probe gives counts
+        obj_guess=padded,
+        min_translation=torch.tensor([(n - 1) / 2.0 - PAD] * 2, dtype=torch.float32),
+        background=torch.zeros((n, n), dtype=torch.float32),
+        # Explicit unit weights: without them FancyPtycho builds them on the CPU, which fails on CUDA.
+        weights=torch.ones(len(inputs.counts), dtype=torch.float32),
+        loss=LOSSES[options.noise_model],
+    )
+    # Synthetic data: no detector background and no shot-to-shot intensity change to learn.
+    model.background.requires_grad_(False)
+    model.weights.requires_grad_(False)
+    return model, dataset
+
+
+def learning_rate(options: CdtoolsOptions, epoch: int, num_epochs: int) -> float:
+    """Adam's step size in ``epoch`` (0-based): ``learning_rate`` decaying geometrically to ``learning_rate_final``.
+
+    A large step finds the object quickly, a small one settles it below the noise a large step
+    keeps stirring up; the geometric decay spends the run's epochs between the two.
+    """
+    fraction = epoch / (num_epochs - 1) if num_epochs > 1 else 0.0
+    return options.learning_rate * (options.learning_rate_final / options.learning_rate) ** fraction
+
+
+class CdtoolsEngine:
+    """CDTools' FancyPtycho with its Adam reconstructor behind the engine interface."""
+
+    def load(self) -> None:
+        import_cdtools()
+
+    def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: CdtoolsOptions, *,
+                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
+        """Run Adam in chunks of ``options.chunk_epochs`` epochs, reporting progress after each chunk."""
+        import torch
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+        AdamReconstructor = import_cdtools().reconstructors.AdamReconstructor
+
+        if algorithm != "ADAM":
+            raise EngineError(f"algorithm {algorithm}: the CDTools engine offers ADAM")
+        model, dataset = build_model(inputs, options, np.ones(inputs.object_shape, np.complex64))  # never objectGuess
+        target = torch.device("cuda" if device == "cuda" else "cpu")
+        model.to(device=target)
+        dataset.get_as(device=target)
+        # One fancy-indexed batch per step (one transfer to the device), in a seeded order that
+        # leaves torch's global random state alone.
+        order = torch.Generator().manual_seed(options.seed)
+        sampler = BatchSampler(RandomSampler(dataset, generator=order), options.batch_size, drop_last=False)
+        loader = DataLoader(dataset, sampler=sampler, batch_size=None)
+        reconstructor = AdamReconstructor(model, dataset)
+        model.probe.requires_grad_(False)
+        run_s = 0.0
+        done = 0
+        while done < num_epochs:
+            n = min(options.chunk_epochs, num_epochs - done)
+            start = time.perf_counter()
+            epochs = reconstructor.optimize(n, lr=learning_rate(options, done, num_epochs), custom_data_loader=loader,
+                                            thread=False, calculation_width=options.batch_size)
+            for epoch in range(done, done + n):
+                # Set before the generator runs this epoch (it runs lazily, in this thread).
+                reconstructor.adjust_optimizer(lr=learning_rate(options, epoch, num_epochs))
+                model.probe.requires_grad_(options.optimize_probe and epoch >= options.probe_update_start_epoch)
+                next(epochs)
+            next(epochs, None)  # lets the generator finish its own bookkeeping
+            if target.type == "cuda":
+                torch.cuda.synchronize()
+            run_s += time.perf_counter() - start
+            done += n
+            if progress is not None:
+                progress(done, num_epochs, float(model.loss_history[-1]), run_s)
+        losses = np.asarray([float(v) for v in model.loss_history], dtype=np.float64)
+        if not np.all(np.isfinite(losses)):
+            raise EngineError(f"CDTools diverged: non-finite loss at epoch {int(np.argmin(np.isfinite(losses)))} "
+                              f"(learning_rate {options.learning_rate} too large?)")
+        with torch.no_grad():
+            obj = model.obj.detach().cpu().numpy()[PAD:-PAD, PAD:-PAD]
+            probe = (model.probe[0] * model.probe_norm).detach().cpu().numpy() / inputs.probe.shape[-1]
+        return EngineResult(
+            object=np.ascontiguousarray(obj, dtype=np.complex64),
+            probe=probe.astype(np.complex64),
+            # Positions are not refined: the model's own translations, back in object pixels.
+            positions_x_px=dataset.translations[:, 0].double().numpy() / options.object_pixel_size_m,
+            positions_y_px=dataset.translations[:, 1].double().numpy() / options.object_pixel_size_m,
+            loss_epochs=np.arange(len(losses), dtype=np.int64),
+            loss_values=losses,
+            reconstruction_s=run_s,
+        )
