@@ -44,7 +44,7 @@ DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(call q,$(d)))
 DOSE_DIRS    := $(foreach d,$(DOSE),$(call q,$(PHASE_C_ROOT)/dose_$(d)) $(call q,$(PHASE_D_ROOT)/dose_$(d)))
 DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
-.PHONY: help venv test dry-run real-run data doc-sync doc-check bench clean
+.PHONY: help venv test lint dry-run real-run data doc-sync doc-check bench clean
 
 help: ## List the targets (default)
 	@echo "Dose x overlap ptychography baseline study"
@@ -63,9 +63,13 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 venv: $(STAMP) ## Build .venv from setup.cfg + constraints.txt (only when missing or older)
 
-test: $(STAMP) ## Run the whole test suite, then check that generated docs are current
+test: $(STAMP) ## Lint, run the whole test suite, then check that generated docs are current
+	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory doc-check
+
+lint: $(STAMP) ## ruff (pinned) over the package, tests, benchmarks and examples (settings: ruff.toml)
+	$(BIN)/ruff check .
 
 dry-run: $(STAMP) ## Smoke design: generate, validate, plan, run-ptychi --dry-run (seconds)
 	@log=$(call q,$(REPORTS)/$(NOW)/cli/dry_run.log); mkdir -p "$$(dirname "$$log")"; \

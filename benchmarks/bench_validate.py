@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the test-data builder, for a complete _metadata
 from builders import example_arrays, member_bytes  # noqa: E402
-
 from ptydose.core.geometry import position_origin, window_starts  # noqa: E402
 
 FRAME = 64

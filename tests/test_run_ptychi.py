@@ -22,7 +22,6 @@ from ptydose.core.run.engines.base import load_inputs
 from ptydose.core.run.worker import FAULT_ENV
 from ptydose.run_ptychi import cli
 
-
 RUN_PTYCHI = Path(sys.executable).parent / "run-ptychi"
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import builders
-from builders import example_arrays
 from click.testing import CliRunner
 
+import builders
+from builders import example_arrays
 from ptydose.core.design import load_design
 from ptydose.core.geometry import position_origin
 from ptydose.core.jobs import options_hash
@@ -87,7 +87,8 @@ def _write_input(path: Path, gt: np.ndarray, dose: int, view: str, split: str) -
 
 
 def _selection(view: str, n: int) -> dict:
-    return {"selection_strategy": "direct" if view == "baseline" else "greedy", "spacing_threshold": 0.0 if view == "baseline" else 3.6,
+    return {"selection_strategy": "direct" if view == "baseline" else "greedy",
+            "spacing_threshold": 0.0 if view == "baseline" else 3.6,
             "n_accepted": n, "n_rejected": 0 if view == "baseline" else n, "acceptance_rate": 1.0 if view == "baseline" else 0.5,
             "measured_overlap": None}
 

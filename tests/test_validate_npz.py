@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import (RawMember, contract_members, deflated_zeros, example_arrays, member_bytes, npy_header,
-                      write_raw_zip)
 from click.testing import CliRunner
 
+from builders import RawMember, contract_members, deflated_zeros, example_arrays, member_bytes, npy_header, write_raw_zip
 from ptydose import __version__
 from ptydose.core import contract, manifests
 from ptydose.validate_npz import cli
@@ -125,7 +124,8 @@ def test_report_file_matches_schema(mixed, tmp_path):
     assert (doc["n_files"], doc["n_valid"], doc["n_invalid"], doc["ok"], doc["mode"]) == (7, 3, 4, False, "full")
     by_name = {Path(f["path"]).name: f for f in doc["files"]}
     assert by_name["empty.npz"] == {"path": str(mixed / "empty.npz"), "ok": False, "size_bytes": 0, "n_images": None,
-                                    "errors": [{"key": "(file)", "message": "empty file (expected an NPZ zip archive, found 0 bytes)"}],
+                                    "errors": [{"key": "(file)",
+                                                "message": "empty file (expected an NPZ zip archive, found 0 bytes)"}],
                                     "warnings": []}
     assert by_name["patched_train.npz"]["ok"] and by_name["patched_train.npz"]["n_images"] == 6
     assert by_name["float32_coords.npz"]["ok"] and by_name["float32_coords.npz"]["warnings"][0]["key"] == "ycoords"

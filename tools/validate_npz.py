@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -33,9 +33,10 @@ def cli(paths: tuple[Path, ...], report_path: Path | None, as_json: bool, strict
         quiet: bool) -> None:
     """Check NPZ files against the study's data contract (docs/data_contract.md).
 
-    PATHS are files or folders (searched recursively for *.npz). Prints one line per problem, `path: key: what is wrong (expected ..., found ...)`, then a
-    summary. Object arrays are reported, never unpickled. Exit status: 0 every file valid,
-    1 any file invalid (with --strict: or any warning), 2 usage (e.g. a path that does not exist).
+    PATHS are files or folders (searched recursively for *.npz). Prints one line per problem,
+    `path: key: what is wrong (expected ..., found ...)`, then a summary. Object arrays are reported,
+    never unpickled. Exit status: 0 every file valid, 1 any file invalid (with --strict: or any
+    warning), 2 usage (e.g. a path that does not exist).
 
     \b
     Example:
@@ -54,7 +55,7 @@ def cli(paths: tuple[Path, ...], report_path: Path | None, as_json: bool, strict
     reports = contract.validate_files(files, full=full, progress=progress)
     if interactive:
         click.echo("\r" + " " * 100 + "\r", err=True, nl=False)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     doc = contract.report_document(reports, full=full, strict=strict, tool_version=__version__, created=created)
     if report_path is not None:
         manifests.write_json(report_path, doc, "validation_report")

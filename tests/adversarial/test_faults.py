@@ -244,9 +244,8 @@ def _item(root: Path, input_npz: Path):
 def test_the_worker_refuses_a_folder_or_log_it_may_not_write(tmp_path, outside):
     """The worker itself (a Dask worker runs it without the parent's checks) fails the job, writing nothing:
     a log that is a link to a precious file, then a dose folder that is a link out of the artifact root."""
-    from ptydose.core.run.worker import WorkerSession
-
     from conftest import snapshot
+    from ptydose.core.run.worker import WorkerSession
 
     root = tmp_path / "art"
     (root / TEST).mkdir(parents=True)

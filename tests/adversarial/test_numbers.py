@@ -7,10 +7,9 @@ import math
 
 import pytest
 
+from conftest import assert_one_line_error, copy_sweep, run_tool, snapshot
 from ptydose.core.errors import ManifestError
 from ptydose.core.manifests import parse_json, write_json
-
-from conftest import assert_one_line_error, copy_sweep, run_tool, snapshot
 
 
 def _design_with(study_design_path, tmp_path, mutate, text_patch=None):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_faults import read_only
 
 from conftest import assert_one_line_error, copy_sweep, run_tool, snapshot
-from test_faults import read_only
 
 TRAIN, TEST = "dose_1000/sparse/train", "dose_1000/sparse/test"
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from builders import RawMember, contract_members, example_arrays, npy_header, sparse_files_supported, write_raw_zip
 
+from builders import RawMember, contract_members, example_arrays, npy_header, sparse_files_supported, write_raw_zip
 from ptydose.core import contract
 from ptydose.core.contract import check_npz, read_contract_npz, write_contract_npz
 from ptydose.core.errors import ContractError

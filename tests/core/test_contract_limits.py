@@ -12,9 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import (RawMember, contract_members, deflate, deflated_zeros, errors_of, example_arrays, member_bytes,
-                      npy_header, write_raw_zip)
 
+from builders import (
+    RawMember,
+    contract_members,
+    deflate,
+    deflated_zeros,
+    errors_of,
+    example_arrays,
+    member_bytes,
+    npy_header,
+    write_raw_zip,
+)
 from ptydose.core import contract
 from ptydose.core.contract import check_npz, read_contract_npz
 from ptydose.core.contract.streaming import MemberReadError, read_member_bytes

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import example_arrays, npy_bytes, replace_member, save_raw
 
+from builders import example_arrays, npy_bytes, replace_member, save_raw
 from ptydose.core.contract import check_npz, write_contract_npz
 
 RECORDED = Path(__file__).with_name("contract_reports.json")

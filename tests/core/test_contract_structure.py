@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import assert_error, errors_of, example_arrays, npy_bytes, replace_member, save_raw
 
+from builders import assert_error, errors_of, example_arrays, npy_bytes, replace_member, save_raw
 from ptydose.core import contract
 from ptydose.core.contract import check_npz, read_contract_npz, write_contract_npz
 from ptydose.core.errors import ContractError
@@ -292,7 +292,8 @@ def test_metadata_must_be_json(tmp_path, valid):
     """Text that is not JSON names line and column."""
     arrays, _ = valid
     report = check_npz(save_raw(tmp_path / "j.npz", arrays, np.array("{'dose': 1}")))
-    assert errors_of(report) == [("_metadata", "not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)")]
+    assert errors_of(report) == [
+        ("_metadata", "not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)")]
 
 
 @pytest.mark.parametrize("change,key,fragment", [
@@ -322,7 +323,8 @@ def test_metadata_free_form_parts_pass(tmp_path, valid):
 
 
 @pytest.mark.parametrize("change,key,message", [
-    (lambda m: m.update(n_images=7), "_metadata/n_images", "does not match the data (expected 6 = diffraction.shape[0], found 7)"),
+    (lambda m: m.update(n_images=7), "_metadata/n_images",
+     "does not match the data (expected 6 = diffraction.shape[0], found 7)"),
     (lambda m: m["selection"].update(n_accepted=5), "_metadata/selection/n_accepted",
      "does not match the data (expected 6 = diffraction.shape[0], found 5)"),
     (lambda m: m.update(dose=2000), "_metadata/amplitude_scale", "not sqrt(dose)/N (expected 5.59016994, found 3.95284708)"),

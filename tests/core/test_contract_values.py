@@ -9,8 +9,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from builders import assert_error, errors_of, example_arrays
 
+from builders import assert_error, errors_of, example_arrays
 from ptydose.core import contract
 from ptydose.core.contract import check_npz, streaming, write_contract_npz
 from ptydose.core.contract.streaming import RowAccess

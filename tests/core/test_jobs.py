@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ptydose.core.errors import StudyError
+from ptydose.core.fileio import sha256_file
 from ptydose.core.jobs import (
     MANIFEST_SCHEMA,
     SKIP_SUMMARY_SCHEMA,
@@ -20,7 +21,6 @@ from ptydose.core.jobs import (
     read_npz_metadata,
     write_plan,
 )
-from ptydose.core.fileio import sha256_file
 from ptydose.core.manifests import read_json, write_json
 
 

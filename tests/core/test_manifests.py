@@ -14,7 +14,8 @@ from ptydose.core.manifests import SCHEMA_PACKAGE, load_schema, read_json, write
 
 def test_every_schema_is_valid_2020_12_with_id_and_version():
     """Each schemas/*.schema.json is a valid 2020-12 schema with $id and a schema_version const."""
-    names = sorted(p.name.removesuffix(".schema.json") for p in resources.files(SCHEMA_PACKAGE).iterdir() if p.name.endswith(".schema.json"))
+    names = sorted(p.name.removesuffix(".schema.json") for p in resources.files(SCHEMA_PACKAGE).iterdir()
+                   if p.name.endswith(".schema.json"))
     assert "study_design" in names
     for name in names:
         schema = load_schema(name)

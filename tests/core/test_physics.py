@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ptydose.core import physics
-from ptydose.core.geometry import subpixel_residuals, window_starts
 from ptydose.core.design import load_design
+from ptydose.core.geometry import subpixel_residuals, window_starts
 
 
 def _load(path: Path) -> dict:
@@ -46,8 +46,8 @@ def high(smoke_data) -> dict:
 
 def _ptychi_intensities(d: dict, flip_residual: bool = False) -> np.ndarray:
     """pty-chi's own forward model on the stored probe, object and positions (fft-shifted)."""
-    import torch
     import ptychi.api as api
+    import torch
     from ptychi.api.task import PtychographyTask
 
     opts = api.LSQMLOptions()

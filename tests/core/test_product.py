@@ -8,6 +8,7 @@ from ptychi_checks import check_product_layout
 
 from ptydose.core.product import ProductMetadata, write_product
 
+
 def test_product_layout_and_values(tmp_path):
     """Every attribute and dataset is present with the given values; positions in metres about the centre."""
     rng = np.random.default_rng(0)

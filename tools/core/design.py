@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DesignError
+from .errors import DesignError, ManifestError
 from .fileio import sha256_file
-from .errors import ManifestError
 from .manifests import parse_json, read_text, validation_errors
 from .safepath import available_memory_bytes
 

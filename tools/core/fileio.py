@@ -13,10 +13,11 @@ import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import IO, Iterator, Mapping
+from typing import IO
 
 import numpy as np
 

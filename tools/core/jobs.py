@@ -14,20 +14,21 @@ import fcntl
 import hashlib
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 from .. import __version__
-from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
 from .contract import read_contract_npz
+from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
 from .errors import ContractError, ManifestError, StudyError
 from .fileio import remove_stale_temporaries, sha256_file
 from .manifests import read_json, write_json
-from .safepath import open_lock_file
 from .run.engines.options import options_mapping
 from .run.engines.registry import DEFAULT_ENGINE, EngineSpec, engine_spec
+from .safepath import open_lock_file
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ SELECTION_KEYS = ("selection_strategy", "spacing_threshold", "n_accepted", "n_re
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def job_id(dose: int, view: str, split: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from .safepath import PathError, read_regular_bytes
 SCHEMA_PACKAGE = "ptydose.schemas"  # schemas/ in the source tree, package data when installed
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """Return the schema ``schemas/<name>.schema.json`` (checked to be a valid 2020-12 schema)."""
     path = resources.files(SCHEMA_PACKAGE) / f"{name}.schema.json"

@@ -27,8 +27,8 @@ The comparison (:func:`compare`) follows DESIGN §9:
    eroded by the window radius, so pixels outside the mask never enter a window; MS-SSIM builds
    on it (:func:`ms_ssim`). The complex correlation is ``|<rec, gt>| / (||rec|| ||gt||)``.
 5. **FRC** of the complex images on the mask's bounding box (weighted mean removed, weighted by
-   the softened mask times a separable Tukey window, so unilluminated pixels add nothing), rings one Fourier pixel wide, with the half-bit threshold; the first crossing
-   gives the resolution.
+   the softened mask times a separable Tukey window, so unilluminated pixels add nothing), rings
+   one Fourier pixel wide, with the half-bit threshold; the first crossing gives the resolution.
 """
 
 from __future__ import annotations

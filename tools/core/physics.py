@@ -16,9 +16,9 @@ Conventions (pty-chi 2.2, verified against ``ptychi/forward_models.py`` and ``im
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import scipy.fft

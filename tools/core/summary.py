@@ -15,14 +15,13 @@ the file: the caller prints one line and exits 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
 import shlex
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ import numpy as np
 
 from .. import __version__
 from . import figures, metrics
-from .design import BASELINE_VIEW, SPLITS, StudyDesign, load_design
 from .contract import read_contract_npz, read_npz_arrays
+from .design import BASELINE_VIEW, SPLITS, StudyDesign, load_design
 from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
 from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, check_manifest_paths, job_id, options_hash
@@ -182,7 +181,7 @@ def flat_metrics(metric_doc: dict) -> dict[str, float | None]:
 def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.MetricSettings,
               pixel_size_m: float | None) -> JobOutcome:
     """Read one job's files and, when it ran ok, compare it with its ground truth."""
-    folder = check_confined(root, job["id"], "job folder")
+    check_confined(root, job["id"], "job folder")  # a linked job folder is refused before anything in it is read
     result_path = check_confined(root, f"{job['id']}/result.json", "result.json")
     if not result_path.exists():
         if execution is not None and execution["status"] != "ok":
@@ -604,7 +603,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
         "reproduce": reproduce_commands(manifest, str(artifact_root), remove_ramp),
         "notes": notes,
         "provenance": {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "tool": "summarize", "tool_version": __version__, "artifact_root": str(artifact_root),
             "manifest_sha256": sha256_file(manifest_path), "design": str(design.path),
             "design_hash": manifest["provenance"]["design_hash"], "versions": _versions(),

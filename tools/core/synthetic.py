@@ -22,13 +22,14 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -425,7 +426,7 @@ def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: d
         "design_name": design.name,
         "design_hash": design.design_hash,
         "design_path": str(design.path),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "probe": {
             "nominal_diameter_px": geometry.probe_meta["nominal_diameter_px"],
             "measured_diameter_px": geometry.probe_meta["measured_diameter_px"],

@@ -19,8 +19,8 @@ from ptydose.core.run.engines.base import load_inputs
 from ptydose.core.run.engines.options import options_mapping, options_record
 
 OPTIONS = cdtools_engine.CdtoolsOptions(
-    noise_model="gaussian", learning_rate=0.05, learning_rate_final=0.005, batch_size=16, optimize_probe=True, probe_update_start_epoch=1,
-    seed=123, chunk_epochs=4, wavelength_m=1.4e-10, object_pixel_size_m=1.2e-7)
+    noise_model="gaussian", learning_rate=0.05, learning_rate_final=0.005, batch_size=16, optimize_probe=True,
+    probe_update_start_epoch=1, seed=123, chunk_epochs=4, wavelength_m=1.4e-10, object_pixel_size_m=1.2e-7)
 SETTINGS = MetricSettings(ms_ssim_sigma=1.0, illumination_threshold=0.1)
 
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from ptychi_checks import illuminated, phase_rmse
+
 from ptydose.core.errors import ContractError, DesignError, EngineError
 from ptydose.core.fileio import sha256_file
 from ptydose.core.geometry import window_starts

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ptydose.core.errors import ContractError
 from ptydose.core.run.engines.command import PLACEHOLDERS
 from ptydose.core.run.engines.reconstruction_contract import (

@@ -41,5 +41,6 @@ __all__ = [
     "ARRAY_KEYS", "CONTRACT", "COUNTS_REL_TOL", "DEFAULT_CHUNK_BYTES", "FILE_KEY", "MAX_COMPRESSION_RATIO",
     "MAX_DEFLATE_RATIO", "MAX_VERIFIABLE_COUNTS", "MAX_WHOLE_READ_BYTES", "METADATA_KEY", "METADATA_SCHEMA",
     "ContractData", "FileReport", "KeySpec", "MemberHeader", "Problem", "check_npz", "counts_from_diffraction",
-    "find_npz_files", "read_contract_npz", "read_npz_arrays", "report_document", "shape_text", "validate_files", "write_contract_npz",
+    "find_npz_files", "read_contract_npz", "read_npz_arrays", "report_document", "shape_text", "validate_files",
+    "write_contract_npz",
 ]

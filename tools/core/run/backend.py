@@ -11,8 +11,9 @@ worker died, or the task was lost). The runner alone decides deadlines: it calls
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Protocol
 
 from .records import Outcome, WorkItem
 
@@ -58,7 +59,7 @@ class Stopped:
     detail: str | None = None
 
 
-Event = Union[Started, Progress, Finished, Lost]
+Event = Started | Progress | Finished | Lost
 EVENT_TYPES = {cls.__name__: cls for cls in (Started, Progress, Finished, Lost)}
 
 

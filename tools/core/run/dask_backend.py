@@ -28,8 +28,9 @@ import queue
 import re
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import StudyError
 from .backend import Event, Finished, Lost, Started, Stopped, event_from_message, event_message

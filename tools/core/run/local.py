@@ -15,8 +15,8 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Sequence
 
 from ..errors import EngineError
 from .backend import Event, Finished, Lost, Started, Stopped

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Callable
 
 from ... import __version__
 from ..errors import ManifestError, StudyError

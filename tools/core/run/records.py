@@ -45,7 +45,7 @@ class JobSpec:
         return self.artifact_root if self.artifact_root is not None else self.output_dir
 
     @classmethod
-    def from_manifest(cls, job: dict, artifact_root: Path | None = None) -> "JobSpec":
+    def from_manifest(cls, job: dict, artifact_root: Path | None = None) -> JobSpec:
         """The record of a schema-checked manifest job; an unknown engine or algorithm is an EngineError."""
         spec = engine_spec(job.get("engine", DEFAULT_ENGINE))
         spec.check_algorithm(job["algorithm"], flag=f"jobs/{job['id']}/algorithm")
@@ -71,7 +71,7 @@ class Instrument:
     object_pixel_size_m: float
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "Instrument":
+    def from_manifest(cls, manifest: dict) -> Instrument:
         return cls(**{name: float(value) for name, value in manifest["instrument"].items()})
 
 

@@ -26,9 +26,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ... import __version__
 from ..errors import ManifestError, StudyError

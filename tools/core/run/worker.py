@@ -28,9 +28,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from ... import __version__
 from ..errors import EngineError, StudyError
@@ -87,7 +87,7 @@ class LogCapture:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def __enter__(self) -> "LogCapture":
+    def __enter__(self) -> LogCapture:
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = (os.dup(1), os.dup(2))

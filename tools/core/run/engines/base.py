@@ -10,8 +10,9 @@ metadata. :class:`EngineInputs` has no field that could carry ``objectGuess`` or
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 

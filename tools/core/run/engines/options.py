@@ -8,8 +8,9 @@ gives it back, field order included (the order of the keys plan-jobs writes).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ...errors import EngineError
 

@@ -174,7 +174,8 @@ def _check_metadata(zf: Any, header: MemberHeader, report: FileReport) -> dict |
         where = f"{METADATA_KEY}/{name}"
         if name not in METADATA_FIELDS:
             report.error(where, f"unknown field (expected one of {', '.join(METADATA_FIELDS)})")
-        elif name in ("method", "method_version") and not (isinstance(value, str) and value) or name == "notes" and not isinstance(value, str):
+        elif ((name in ("method", "method_version") and not (isinstance(value, str) and value))
+              or (name == "notes" and not isinstance(value, str))):
             report.error(where, f"expected {METADATA_FIELDS[name]}, found {value!r}")
         elif name == "parameters" and not isinstance(value, dict):
             report.error(where, f"expected {METADATA_FIELDS[name]}, found {type(value).__name__}")

@@ -8,9 +8,10 @@ cheap: an engine's module (and torch) is imported only by :meth:`EngineSpec.load
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ...errors import EngineError
 from .base import Engine
