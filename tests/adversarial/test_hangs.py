@@ -144,3 +144,23 @@ def test_result_json_that_is_a_folder_fails_that_job(real_sweep, tmp_path):
     assert (result_path / "keep.txt").read_text() == "mine\n"
     manifest = json.loads((root / "reconstruction_manifest.json").read_text())
     assert {e["job_id"]: e["status"] for e in manifest["execution_results"]} == {TRAIN: "ok", TEST: "failed"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_gen_synthetic_lock_file_that_is_a_fifo_or_a_link(smoke_design_path, tmp_path, outside, kind):
+    """gen-synthetic's per-root lock: a FIFO is a one-line error at once; a link is refused, never followed."""
+    from conftest import snapshot
+
+    c = tmp_path / "c"
+    c.mkdir()
+    lock = c / ".gen-synthetic.lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        os.symlink(outside / "created_by_lock", lock)  # dangling: following it would create a file outside
+    before = snapshot(outside)
+    result = run_tool("gen-synthetic", "--design", smoke_design_path, "--phase-c-root", c, "--phase-d-root",
+                      tmp_path / "d", "--dose", "1000")
+    expected = "is a FIFO (named pipe)" if kind == "fifo" else "is a symbolic link; refusing to follow it"
+    assert_one_line_error(result, str(lock), expected)
+    assert snapshot(outside) == before and not (outside / "created_by_lock").exists()

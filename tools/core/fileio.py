@@ -21,6 +21,8 @@ from typing import IO
 
 import numpy as np
 
+from .safepath import open_lock_file
+
 #: Zip member timestamp of every NPZ we write: the bytes then depend on the arrays alone.
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -230,7 +232,8 @@ def exclusive_lock(path: str | os.PathLike, on_wait=None) -> Iterator[None]:
     it when the process dies, so a kill never leaves it taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    # Never through a link, never blocking on a FIFO, never truncating: a lock file holds nothing.
+    with open_lock_file(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
