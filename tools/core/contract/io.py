@@ -36,7 +36,7 @@ from .spec import (
     counts_from_diffraction,
     size_text,
 )
-from .structure import Inspection, inspect
+from .structure import inspect
 from .values import ArraySource, ZipSource
 from .values import check_values as check_array_values
 
@@ -89,19 +89,30 @@ def check_npz(path: str | os.PathLike, full: bool = True, *, chunk_bytes: int = 
     return report
 
 
-def _check_fits_in_memory(report: FileReport, insp: Inspection, wanted: tuple[str, ...], check_values: bool,
-                          memory_limit: int | None) -> None:
+def _refuse_beyond_memory(path: Path, sizes: dict[str, int], working_bytes: int, memory_limit: int | None) -> None:
     """Refuse, before allocating anything, arrays whose declared sizes exceed the memory available."""
-    sizes = {key: insp.headers[key].declared_bytes for key in wanted if key in insp.headers}
     if not sizes:
         return
-    needed = sum(sizes.values()) + (VALUE_CHECK_WORKING_BYTES if check_values else 0)
+    needed = sum(sizes.values()) + working_bytes
     available = available_memory_bytes() if memory_limit is None else memory_limit
     if needed > available:
         key = max(sizes, key=sizes.__getitem__)
-        raise ContractError(f"{report.path}: {key}: too large to load (expected the {len(sizes)} arrays to fit in the "
+        raise ContractError(f"{path}: {key}: too large to load (expected the {len(sizes)} arrays to fit in the "
                             f"{size_text(available)} of memory available, found {size_text(needed)} needed, "
                             f"{size_text(sizes[key])} of it {key})")
+
+
+def _load_arrays(path: Path, keys) -> dict[str, np.ndarray]:
+    """``np.load(allow_pickle=False)`` of ``keys``, after the header checks; one line naming the key on failure."""
+    arrays: dict[str, np.ndarray] = {}
+    key = FILE_KEY
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in keys:
+                arrays[key] = npz[key]
+    except Exception as exc:
+        raise ContractError(f"{path}: {key}: cannot load ({type(exc).__name__}: {exc})") from None
+    return arrays
 
 
 def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, keys: Iterable[str] | None = None,
@@ -130,15 +141,9 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, key
         report.error(FILE_KEY, f"could not be checked ({type(exc).__name__}: {exc})")
     if report.errors:
         raise ContractError(report.lines()[0])
-    _check_fits_in_memory(report, insp, wanted, check_values, memory_limit)
-    arrays: dict[str, np.ndarray] = {}
-    key = FILE_KEY
-    try:
-        with np.load(report.path, allow_pickle=False) as npz:
-            for key in wanted:
-                arrays[key] = npz[key]
-    except Exception as exc:
-        raise ContractError(f"{report.path}: {key}: cannot load ({type(exc).__name__}: {exc})") from None
+    _refuse_beyond_memory(report.path, {key: insp.headers[key].declared_bytes for key in wanted if key in insp.headers},
+                          VALUE_CHECK_WORKING_BYTES if check_values else 0, memory_limit)
+    arrays = _load_arrays(report.path, wanted)
     if check_values:
         check_array_values(ArraySource(arrays), insp, report, DEFAULT_CHUNK_BYTES)
         if report.errors:
@@ -181,20 +186,8 @@ def read_npz_arrays(path: str | os.PathLike, required: dict[str, str], optional:
         if headers[key].dtype.kind not in kinds:
             raise ContractError(f"{report.path}: {key}: unexpected dtype {headers[key].dtype} "
                                 f"(expected kind {' or '.join(kinds)})")
-    sizes = {key: headers[key].declared_bytes for key in wanted}
-    available = available_memory_bytes() if memory_limit is None else memory_limit
-    if sum(sizes.values()) > available:
-        key = max(sizes, key=sizes.__getitem__)
-        raise ContractError(f"{report.path}: {key}: too large to load (expected the arrays to fit in the "
-                            f"{size_text(available)} of memory available, found {size_text(sum(sizes.values()))})")
-    arrays: dict[str, np.ndarray] = {}
-    key = FILE_KEY
-    try:
-        with np.load(report.path, allow_pickle=False) as npz:
-            for key in wanted:
-                arrays[key] = npz[key]
-    except Exception as exc:
-        raise ContractError(f"{report.path}: {key}: cannot load ({type(exc).__name__}: {exc})") from None
+    _refuse_beyond_memory(report.path, {key: headers[key].declared_bytes for key in wanted}, 0, memory_limit)
+    arrays = _load_arrays(report.path, wanted)
     return arrays
 
 
