@@ -74,11 +74,9 @@ def slot_of_worker(name: Any) -> int:
 # ----------------------------------------------------------------------------------------------
 def _session(device_request: str, slot: int) -> Any:
     """This Dask worker process's session (engines imported once per process and device request)."""
-    from .local import worker_environment
     from .worker import WorkerSession, configure_worker_logging
 
     if device_request not in _SESSIONS:
-        worker_environment()  # effective when this process has not imported torch yet
         configure_worker_logging()  # pty-chi's INFO logging goes to fd 2, i.e. the job's log
         _SESSIONS[device_request] = WorkerSession(device_request, slot)
     return _SESSIONS[device_request]

@@ -45,23 +45,10 @@ def threads_per_worker(workers: int) -> int | None:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-#: OpenMP wait policy of workers unless the user set one. The default (active) policy spins idle
-#: threads between parallel regions: beside one competing CPU-bound process on 2 cores a 2-thread
-#: job slowed 4x and more (every barrier waits for the thread whose core was taken); passive
-#: threads sleep instead (benchmarks/bench_contention.py measures both, side by side).
-OMP_WAIT_POLICY = "PASSIVE"
-
-
-def worker_environment() -> None:
-    """Set the worker's OpenMP environment; must run before torch is imported in this process."""
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-
-
 def worker_main(conn: Connection, slot: int, device_request: str, threads: int | None,
                 engines: tuple[str, ...]) -> None:
     """Worker process: import the engines once, then run jobs until told to stop."""
     die_with_parent()
-    worker_environment()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     from .worker import WorkerSession, configure_worker_logging
 
