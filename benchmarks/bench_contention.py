@@ -37,6 +37,8 @@ POLICIES = {
     "spin": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None},
     "passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
     "1thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None},
+    "spin10k": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"},
+    "spin100k": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "100000"},
 }
 
 JOB = r"""

@@ -174,7 +174,10 @@ def test_results_follow_the_published_summary_never_a_local_sweep(repo):
     result = _run("write", "--root", str(repo))
     assert result.exit_code == 0 and doc_sync.RESULTS_PATH in result.stdout
     published = repo / doc_sync.PUBLISHED_SUMMARY_PATH
-    assert json.loads(published.read_text()) == json.loads((artifact / "summary" / "summary.json").read_text())
+    assert str(repo) not in published.read_text()  # renders the same in a clone anywhere else
+    source = json.loads((artifact / "summary" / "summary.json").read_text())
+    assert json.loads(published.read_text())["counts"] == source["counts"]
+    assert json.loads(published.read_text())["provenance"]["design"] == "design.json"
     text = results.read_text()
     assert str(repo) not in text
     assert "`dose_1000/sparse/train`: Phase D NPZ not found: tmp/study/phase_d/dose_1000/sparse/sparse_train.npz" in text

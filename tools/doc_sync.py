@@ -327,7 +327,8 @@ def publish_summary(root: Path, artifact_root: str | Path) -> bool:
     source = summary_path(root, artifact_root)
     if not source.exists():
         return False
-    doc = read_json(source, "summary")
+    # Paths inside the repository become relative, so the published copy renders the same in any clone.
+    doc = json.loads(_relative_paths(json.dumps(read_json(source, "summary")), root))
     target = root / PUBLISHED_SUMMARY_PATH
     if not target.exists() or read_json(target, "summary") != doc:
         write_json(target, doc, "summary")
