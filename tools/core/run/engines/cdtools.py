@@ -27,19 +27,15 @@ Nothing is written to disk and no figure is made: the reconstructor runs in this
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from ...errors import EngineError
 from .base import EngineInputs, EngineResult, ProgressCallback
-from .options import NOISE_MODELS
+from .options import CdtoolsOptions
 
 #: Pixels of padding around the object buffer: CDTools' floor window may start one pixel before
 #: pty-chi's rounded one, which the data contract keeps inside the object.
@@ -49,72 +45,6 @@ LOSSES = {"gaussian": "amplitude mse", "poisson": "poisson nll"}
 #: The detector distance only sets CDTools' detector basis (the object basis comes from the
 #: object pixel size directly); the far-field model does not depend on it.
 NOMINAL_DETECTOR_DISTANCE_M = 1.0
-
-
-@dataclass(frozen=True)
-class CdtoolsOptions:
-    """What determines a CDTools reconstruction besides the input, the algorithm and the epochs."""
-
-    noise_model: str  # "gaussian" (amplitude MSE) or "poisson" (Poisson NLL)
-    learning_rate: float  # Adam's step size in the first epoch (object and normalised probe alike)
-    learning_rate_final: float  # ... in the last epoch, geometrically in between (= learning_rate: constant)
-    batch_size: int  # patterns per Adam step
-    optimize_probe: bool
-    probe_update_start_epoch: int  # first (0-based) epoch in which the probe is refined
-    seed: int  # minibatch order (the design's seeds.grouping)
-    chunk_epochs: int  # epochs per progress report
-    wavelength_m: float
-    object_pixel_size_m: float
-
-    def __post_init__(self) -> None:
-        if self.noise_model not in NOISE_MODELS:
-            raise EngineError(f"engine_options/noise_model: {self.noise_model!r} is not one of "
-                              f"{', '.join(NOISE_MODELS)}")
-        for name in ("batch_size", "chunk_epochs"):
-            if getattr(self, name) < 1:
-                raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
-        if self.probe_update_start_epoch < 0:
-            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, "
-                              f"got {self.probe_update_start_epoch}")
-        for name in ("learning_rate", "learning_rate_final", "wavelength_m", "object_pixel_size_m"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise EngineError(f"engine_options/{name}: must be a finite number > 0, got {value}")
-
-
-#: Option values where the design is silent (measured on the shipped design, docs/engines.md).
-CDTOOLS_DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "noise_model": "gaussian",
-    "learning_rate": 0.05,
-    "learning_rate_final": 0.01,
-    "batch_size": 16,
-    "optimize_probe": True,
-    "probe_update_start_epoch": 1,
-    "chunk_epochs": 10,
-})
-
-
-def cdtools_design_options(design: Any, defaults: Mapping[str, Any]) -> dict:
-    """The ``engine_options`` of a CDTools job of ``design``.
-
-    The design's reconstruction block is pty-chi's: only the settings that mean the same for
-    CDTools (noise model, probe refinement, progress chunks) are taken from it; the learning
-    rate and the batch size are CDTools' own (an Adam step and an LSQML step differ).
-    """
-    rec = {**defaults, **{k: v for k, v in design.reconstruction.items()
-                          if k in ("noise_model", "optimize_probe", "probe_update_start_epoch", "chunk_epochs")}}
-    return {
-        "noise_model": rec["noise_model"],
-        "learning_rate": rec["learning_rate"],
-        "learning_rate_final": rec["learning_rate_final"],
-        "batch_size": rec["batch_size"],
-        "optimize_probe": rec["optimize_probe"],
-        "probe_update_start_epoch": rec["probe_update_start_epoch"],
-        "seed": design.seeds["grouping"],
-        "chunk_epochs": rec["chunk_epochs"],
-        "wavelength_m": design.wavelength_m,
-        "object_pixel_size_m": design.object_pixel_size_m,
-    }
 
 
 def import_cdtools() -> Any:

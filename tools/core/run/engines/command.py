@@ -155,24 +155,24 @@ class CommandOptions:
         return fill_template(self.argv, values)
 
 
-def command_design_options(design: Any, defaults: Mapping[str, Any]) -> dict:
-    """The command engine's ``engine_options`` of a study design.
+def command_design_options(design: Any, settings: Mapping[str, Any], where: str = "reconstruction") -> dict:
+    """The command engine's ``engine_options`` of one reconstructor of a study design.
 
-    The design's ``reconstruction.command`` is the argv template; ``{design_dir}`` is resolved
-    here (the manifest records the absolute path), the run-time placeholders stay.
+    ``settings["command"]`` is the argv template; ``{design_dir}`` is resolved here (the manifest
+    records the absolute path), the run-time placeholders stay. ``where`` names the design
+    block in errors (``reconstruction`` or ``reconstructors/<i>/options``).
     """
-    rec = {**defaults, **design.reconstruction}
-    command = rec.get("command")
+    command = settings.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(e, str) for e in command):
-        raise DesignError(f"{design.path}: reconstruction/command: the command engine needs the program's argv "
+        raise DesignError(f"{design.path}: {where}/command: the command engine needs the program's argv "
                           f"template, a non-empty list of strings (found {command!r})")
     try:
         argv = fill_template(tuple(command), {"design_dir": str(Path(design.path).resolve().parent)},
                              keep=tuple(PLACEHOLDERS))
     except EngineError as exc:
-        raise DesignError(f"{design.path}: reconstruction/command{str(exc).removeprefix('engine_options/argv')}") \
+        raise DesignError(f"{design.path}: {where}/command{str(exc).removeprefix('engine_options/argv')}") \
             from None
-    return {"argv": argv, "seed": design.seeds["grouping"], "keep_work_dir": bool(rec["keep_work_dir"])}
+    return {"argv": argv, "seed": design.seeds["grouping"], "keep_work_dir": bool(settings.get("keep_work_dir", False))}
 
 
 # --- the program's process group -----------------------------------------------------------------

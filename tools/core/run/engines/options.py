@@ -8,6 +8,7 @@ gives it back, field order included (the order of the keys plan-jobs writes).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +30,13 @@ class PtychiOptions:
     chunk_epochs: int  # epochs per task.run call: one progress report each
     wavelength_m: float
     object_pixel_size_m: float
+    # The PIE family's update weights and step sizes (pty-chi's object_options / probe_options
+    # ``alpha`` and ``step_size``). None = pty-chi's own default; an absent value keeps the
+    # manifest (and the options hash) of jobs planned before recipes existed.
+    object_alpha: float | None = None
+    probe_alpha: float | None = None
+    object_step_size: float | None = None
+    probe_step_size: float | None = None
 
     def __post_init__(self) -> None:
         if self.noise_model not in NOISE_MODELS:
@@ -37,6 +45,48 @@ class PtychiOptions:
         for name in ("batch_size", "chunk_epochs"):
             if getattr(self, name) < 1:
                 raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
+        if self.probe_update_start_epoch < 0:
+            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, got {self.probe_update_start_epoch}")
+        for name in ("object_alpha", "probe_alpha", "object_step_size", "probe_step_size"):
+            _check_positive(name, getattr(self, name), optional=True)
+        for name in ("wavelength_m", "object_pixel_size_m"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class CdtoolsOptions:
+    """What determines a CDTools reconstruction besides the input, the algorithm and the epochs."""
+
+    noise_model: str  # "gaussian" (amplitude MSE) or "poisson" (Poisson NLL)
+    learning_rate: float  # Adam's step size in the first epoch (object and normalised probe alike)
+    learning_rate_final: float  # ... in the last epoch, geometrically in between (= learning_rate: constant)
+    batch_size: int  # patterns per Adam step
+    optimize_probe: bool
+    probe_update_start_epoch: int  # first (0-based) epoch in which the probe is refined
+    seed: int  # minibatch order (the design's seeds.grouping)
+    chunk_epochs: int  # epochs per progress report
+    wavelength_m: float
+    object_pixel_size_m: float
+
+    def __post_init__(self) -> None:
+        if self.noise_model not in NOISE_MODELS:
+            raise EngineError(f"engine_options/noise_model: {self.noise_model!r} is not one of "
+                              f"{', '.join(NOISE_MODELS)}")
+        for name in ("batch_size", "chunk_epochs"):
+            if getattr(self, name) < 1:
+                raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
+        if self.probe_update_start_epoch < 0:
+            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, "
+                              f"got {self.probe_update_start_epoch}")
+        for name in ("learning_rate", "learning_rate_final", "wavelength_m", "object_pixel_size_m"):
+            _check_positive(name, getattr(self, name))
+
+
+def _check_positive(name: str, value: float | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise EngineError(f"engine_options/{name}: must be a finite number > 0, got {value}")
 
 
 Record = TypeVar("Record")
@@ -51,17 +101,38 @@ def options_record(record_type: type[Record], mapping: Mapping[str, Any]) -> Rec
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise EngineError(f"engine_options/{unknown[0]}: not an option of this engine (options: {', '.join(fields)})")
-    missing = [name for name in fields if name not in mapping]
+    missing = [name for name, f in fields.items() if name not in mapping and not _optional(f)]
     if missing:
         raise EngineError(f"engine_options/{missing[0]}: missing")
-    converters = {"int": int, "float": float, "bool": bool, "str": str}
     values = {}
     for name, field in fields.items():
-        convert = converters.get(field.type if isinstance(field.type, str) else field.type.__name__)
-        values[name] = convert(mapping[name]) if convert else mapping[name]
+        if name not in mapping:
+            continue
+        value = mapping[name]
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        kind = kind.removesuffix(" | None")
+        convert = CONVERTERS.get(kind)
+        values[name] = convert(value) if convert and value is not None else value
     return record_type(**values)
 
 
+CONVERTERS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _optional(field: dataclasses.Field) -> bool:
+    return field.default is not dataclasses.MISSING
+
+
 def options_mapping(record: Any) -> dict:
-    """The ``engine_options`` JSON object of a record (field order = the manifest's key order)."""
-    return dataclasses.asdict(record)
+    """The ``engine_options`` JSON object of a record (field order = the manifest's key order).
+
+    An optional field left at None is omitted, so that adding one keeps older manifests' options
+    (and their hash, which resume compares) unchanged.
+    """
+    mapping = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if _optional(f) and value is None:
+            continue
+        mapping[f.name] = list(value) if isinstance(value, tuple) else value  # JSON arrays are lists
+    return mapping

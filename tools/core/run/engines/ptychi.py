@@ -54,6 +54,15 @@ def build_options(algorithm: str, num_epochs: int, options: PtychiOptions, devic
     rec.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
     if algorithm == "LSQML":
         rec.noise_model = api.NoiseModels(options.noise_model)
+    # The PIE family's recipe values (docs/decisions.md); None keeps pty-chi's default.
+    for target, name, value in ((task_options.object_options, "alpha", options.object_alpha),
+                                (task_options.probe_options, "alpha", options.probe_alpha),
+                                (task_options.object_options, "step_size", options.object_step_size),
+                                (task_options.probe_options, "step_size", options.probe_step_size)):
+        if value is not None:
+            if not hasattr(target, name):
+                raise EngineError(f"algorithm {algorithm}: pty-chi's {type(target).__name__} has no {name}")
+            setattr(target, name, float(value))
     return task_options
 
 

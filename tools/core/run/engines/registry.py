@@ -9,13 +9,14 @@ cheap: an engine's module (and torch) is imported only by :meth:`EngineSpec.load
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from ...errors import EngineError
 from .base import Engine
-from .options import PtychiOptions, options_record
+from .command import CommandOptions, command_design_options
+from .options import CdtoolsOptions, PtychiOptions, options_record
 
 DEFAULT_ENGINE = "ptychi"
 
@@ -26,12 +27,19 @@ class EngineSpec:
     title: str  # how outputs name it ("pty-chi")
     algorithms: tuple[str, ...]  # the first is the default
     options_type: type  # frozen dataclass of the engine's options
-    defaults: Mapping[str, Any]  # option values used where the design is silent
-    from_design: Callable[[Any, Mapping[str, Any]], dict]  # (StudyDesign, defaults) -> engine_options
+    defaults: Mapping[str, Any]  # setting values used where the design is silent
+    # (design, settings, where) -> engine_options; ``settings`` are the merged settings of one
+    # reconstructor, ``where`` the design path that names it in errors ("reconstruction").
+    from_settings: Callable[[Any, Mapping[str, Any], str], dict]
     importer: Callable[[], Engine]  # imports the engine's module; called in workers only
     # The distribution whose installed version resume compares with result.json's ``versions``
     # (an upgrade reruns); None for an engine without one.
     package: str | None = None
+    # Per algorithm, the settings measured to work for it (docs/decisions.md): they apply where the
+    # reconstructor does not set a value itself.
+    recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Settings a design may give for this engine (beyond engine/algorithm/num_epochs/stopping).
+    settings_keys: tuple[str, ...] = ()
 
     def load(self) -> Engine:
         """The engine, with its heavy dependencies imported."""
@@ -39,9 +47,31 @@ class EngineSpec:
         engine.load()
         return engine
 
-    def design_options(self, design: Any) -> dict:
-        """The ``engine_options`` a study design asks for (its settings, these defaults where it is silent)."""
-        return self.from_design(design, self.defaults)
+    def recipe(self, algorithm: str) -> Mapping[str, Any]:
+        return self.recipes.get(algorithm, MappingProxyType({}))
+
+    def tuned_keys(self) -> frozenset[str]:
+        """Settings that some algorithm's recipe sets (they belong to one algorithm, not the engine)."""
+        return frozenset(k for recipe in self.recipes.values() for k in recipe)
+
+    def settings(self, algorithm: str, given: Mapping[str, Any], where: str = "reconstruction") -> dict:
+        """Engine defaults, then ``algorithm``'s recipe, then what the design ``given`` (an unknown key is an EngineError)."""
+        unknown = [k for k in given if k not in self.settings_keys]
+        if unknown:
+            raise EngineError(f"{where}/{unknown[0]}: not a setting of the {self.title} engine "
+                              f"(settings: {', '.join(self.settings_keys)})")
+        return {**self.defaults, **self.recipe(algorithm), **given}
+
+    def design_options(self, design: Any, algorithm: str, given: Mapping[str, Any],
+                       where: str = "reconstruction") -> dict:
+        """The ``engine_options`` of one reconstructor of ``design`` (checked by building the record)."""
+        self.check_algorithm(algorithm, f"{where}/algorithm")
+        mapping = self.from_settings(design, self.settings(algorithm, given, where), where)
+        record = self.options(mapping)
+        check = CHECKS.get(self.name)
+        if check is not None:
+            check(algorithm, record, where)
+        return mapping
 
     def options(self, mapping: Mapping[str, Any]) -> Any:
         """The typed options record of a job's ``engine_options``."""
@@ -49,21 +79,62 @@ class EngineSpec:
 
     def check_algorithm(self, algorithm: str, flag: str = "--algorithm") -> str:
         if algorithm not in self.algorithms:
-            raise EngineError(f"{flag} {algorithm}: not one of {', '.join(self.algorithms)}")
+            raise EngineError(f"{flag} {algorithm}: not one of {', '.join(self.algorithms)} (engine {self.name})")
         return algorithm
 
 
-def _ptychi_design_options(design: Any, defaults: Mapping[str, Any]) -> dict:
-    rec = {**defaults, **design.reconstruction}
+PTYCHI_SETTINGS = ("noise_model", "batch_size", "optimize_probe", "probe_update_start_epoch", "chunk_epochs",
+                   "object_alpha", "probe_alpha", "object_step_size", "probe_step_size")
+CDTOOLS_SETTINGS = ("noise_model", "learning_rate", "learning_rate_final", "batch_size", "optimize_probe",
+                    "probe_update_start_epoch", "chunk_epochs")
+COMMAND_SETTINGS = ("command", "keep_work_dir")
+
+
+def _design_values(design: Any) -> dict:
+    return {"seed": design.seeds["grouping"], "wavelength_m": design.wavelength_m,
+            "object_pixel_size_m": design.object_pixel_size_m}
+
+
+def _ptychi_options(design: Any, settings: Mapping[str, Any], where: str) -> dict:
+    values = _design_values(design)
+    mapping = {
+        "noise_model": settings["noise_model"],
+        "batch_size": settings["batch_size"],
+        "optimize_probe": settings["optimize_probe"],
+        "probe_update_start_epoch": settings["probe_update_start_epoch"],
+        "seed": values["seed"],
+        "chunk_epochs": settings["chunk_epochs"],
+        "wavelength_m": values["wavelength_m"],
+        "object_pixel_size_m": values["object_pixel_size_m"],
+    }
+    for key in ("object_alpha", "probe_alpha", "object_step_size", "probe_step_size"):
+        if settings.get(key) is not None:
+            mapping[key] = settings[key]
+    return mapping
+
+
+def _check_ptychi(algorithm: str, options: PtychiOptions, where: str) -> None:
+    """Settings pty-chi 2.2 accepts but cannot run: refused at planning, before any compute."""
+    if algorithm == "PIE" and options.optimize_probe and options.batch_size > 1:
+        # PIEReconstructor.calculate_probe_step_weight returns (B, h, w) where ePIE/rPIE return
+        # (B, 1, h, w); with a batch > 1 the probe update broadcasts to (B, B, h, w) and fails.
+        raise EngineError(f"{where}/batch_size: pty-chi's PIE refines the probe only with batch_size 1 "
+                          f"(got {options.batch_size}); use batch_size 1, or optimize_probe false")
+
+
+def _cdtools_options(design: Any, settings: Mapping[str, Any], where: str) -> dict:
+    values = _design_values(design)
     return {
-        "noise_model": rec["noise_model"],
-        "batch_size": rec["batch_size"],
-        "optimize_probe": rec["optimize_probe"],
-        "probe_update_start_epoch": rec["probe_update_start_epoch"],
-        "seed": design.seeds["grouping"],
-        "chunk_epochs": rec["chunk_epochs"],
-        "wavelength_m": design.wavelength_m,
-        "object_pixel_size_m": design.object_pixel_size_m,
+        "noise_model": settings["noise_model"],
+        "learning_rate": settings["learning_rate"],
+        "learning_rate_final": settings["learning_rate_final"],
+        "batch_size": settings["batch_size"],
+        "optimize_probe": settings["optimize_probe"],
+        "probe_update_start_epoch": settings["probe_update_start_epoch"],
+        "seed": values["seed"],
+        "chunk_epochs": settings["chunk_epochs"],
+        "wavelength_m": values["wavelength_m"],
+        "object_pixel_size_m": values["object_pixel_size_m"],
     }
 
 
@@ -73,16 +144,66 @@ def _import_ptychi() -> Engine:
     return PtychiEngine()
 
 
+def _import_cdtools() -> Engine:
+    from .cdtools import CdtoolsEngine
+
+    return CdtoolsEngine()
+
+
+def _import_command() -> Engine:
+    from .command import CommandEngine
+
+    return CommandEngine()
+
+
+CHECKS: Mapping[str, Callable[[str, Any, str], None]] = MappingProxyType({"ptychi": _check_ptychi})
+
+_COMMON = {"noise_model": "gaussian", "optimize_probe": True, "probe_update_start_epoch": 1, "chunk_epochs": 10}
+
 ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
     "ptychi": EngineSpec(
         name="ptychi",
         title="pty-chi",
-        algorithms=("LSQML", "PIE", "EPIE", "RPIE", "DM"),
+        # DM is not offered: pty-chi's DM is not robust to Poisson noise (docs/decisions.md).
+        algorithms=("LSQML", "EPIE", "RPIE", "PIE"),
         options_type=PtychiOptions,
-        defaults=MappingProxyType({"optimize_probe": True, "probe_update_start_epoch": 1, "chunk_epochs": 10}),
-        from_design=_ptychi_design_options,
+        defaults=MappingProxyType(dict(_COMMON)),
+        from_settings=_ptychi_options,
         importer=_import_ptychi,
         package="ptychi",
+        # Measured on the shipped design (docs/decisions.md, "pty-chi recipes").
+        recipes=MappingProxyType({
+            "LSQML": MappingProxyType({"batch_size": 96}),
+            "EPIE": MappingProxyType({"batch_size": 32, "object_alpha": 1.0, "probe_alpha": 1.0}),
+            "RPIE": MappingProxyType({"batch_size": 16, "object_alpha": 0.8, "probe_alpha": 0.8}),
+            "PIE": MappingProxyType({"batch_size": 1, "object_alpha": 0.1, "probe_alpha": 0.1, "probe_step_size": 0.1}),
+        }),
+        settings_keys=PTYCHI_SETTINGS,
+    ),
+    "cdtools": EngineSpec(
+        name="cdtools",
+        title="CDTools",
+        algorithms=("ADAM",),
+        options_type=CdtoolsOptions,
+        defaults=MappingProxyType(dict(_COMMON)),
+        from_settings=_cdtools_options,
+        importer=_import_cdtools,
+        package="cdtools-py",
+        recipes=MappingProxyType({
+            "ADAM": MappingProxyType({"learning_rate": 0.05, "learning_rate_final": 0.01, "batch_size": 16}),
+        }),
+        settings_keys=CDTOOLS_SETTINGS,
+    ),
+    "command": EngineSpec(
+        name="command",
+        title="command",
+        algorithms=("EXTERNAL",),
+        options_type=CommandOptions,
+        defaults=MappingProxyType({"keep_work_dir": False}),
+        from_settings=command_design_options,
+        importer=_import_command,
+        package=None,
+        settings_keys=COMMAND_SETTINGS,
     ),
 })
 
