@@ -47,6 +47,8 @@ class EngineResult:
     loss_values: np.ndarray  # float64
     reconstruction_s: float  # seconds inside the engine's own iterations
     checkpoints: Mapping[int, np.ndarray] = field(default_factory=dict)  # epoch -> object, if the engine keeps any
+    checkpoint_seconds: Mapping[int, float] = field(default_factory=dict)  # epoch -> seconds in the engine so far
+    stop_reason: str | None = None  # why the run ended before its planned epochs (a stopping rule), else None
 
 
 class Engine(Protocol):

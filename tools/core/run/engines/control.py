@@ -53,3 +53,16 @@ class StopRule:
     def mapping(self) -> dict:
         return {"rule": self.rule, "window_epochs": self.window_epochs,
                 "min_relative_improvement": self.min_relative_improvement, "min_epochs": self.min_epochs}
+
+
+#: Most object checkpoints one job keeps (bounds reconstruction.npz: 32 objects of the job's size).
+MAX_CHECKPOINTS = 32
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """What the worker asks of an engine's chunk loop besides the epochs: checkpoints and stopping."""
+
+    checkpoints: bool = True  # keep the object after chunks (at most max_checkpoints, the last always)
+    max_checkpoints: int = MAX_CHECKPOINTS
+    stop: StopRule | None = None  # None: run every planned epoch
