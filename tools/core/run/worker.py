@@ -214,8 +214,10 @@ class WorkerSession:
                 mode = fault_for(job.id)
                 if mode:
                     inject_fault(mode)
+                # An engine that works in the job's folder (the command engine) is told where it is.
+                where = {"job_dir": job.output_dir} if engine_spec(job.engine).uses_job_dir else {}
                 result = self.engine(job.engine).reconstruct(inputs, job.algorithm, job.num_epochs, job.options,
-                                                             device=self.device, progress=progress)
+                                                             device=self.device, progress=progress, **where)
                 write_job_outputs(item, inputs, result)
                 final = float(result.loss_values[-1]) if len(result.loss_values) else None
                 outcome = {"status": "ok", "returncode": 0, "error": None, "reconstruction_s": result.reconstruction_s,

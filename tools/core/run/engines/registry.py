@@ -40,6 +40,8 @@ class EngineSpec:
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Settings a design may give for this engine (beyond engine/algorithm/num_epochs/stopping).
     settings_keys: tuple[str, ...] = ()
+    # The engine works in a folder of the job (reconstruct() takes ``job_dir``): the command engine.
+    uses_job_dir: bool = False
 
     def load(self) -> Engine:
         """The engine, with its heavy dependencies imported."""
@@ -204,6 +206,7 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
         importer=_import_command,
         package=None,
         settings_keys=COMMAND_SETTINGS,
+        uses_job_dir=True,
     ),
 })
 
