@@ -25,7 +25,7 @@ def test_plan_writes_manifest_and_skip_summary(smoke_data, tmp_path):
     assert report["jobs"] == ["dose_1000/dense/train", "dose_1000/dense/test"]
     assert (report["total_jobs"], report["planned_jobs"], report["skipped_count"]) == (12, 2, 10)
     manifest = read_json(art / "reconstruction_manifest.json", "reconstruction_manifest")
-    assert manifest["provenance"]["filters"] == {"doses": [1000], "views": ["dense"], "splits": None}
+    assert manifest["provenance"]["filters"] == {"doses": [1000], "views": ["dense"], "splits": None, "reconstructors": None}
     skips = read_json(art / "skip_summary.json", "skip_summary")
     assert skips["skipped_count"] == 10 and skips["missing_phase_d_count"] == 0
 

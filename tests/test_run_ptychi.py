@@ -137,8 +137,10 @@ def test_killed_run_leaves_valid_json_and_rerun_finishes(smoke_data, tmp_path):
     proc = subprocess.Popen([str(RUN_PTYCHI), "--manifest", str(manifest), "--device", "cpu"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # result.json is written before the manifest's write-back: wait for both.
         _wait_for(lambda: first_result.exists() and hung_log.exists()
-                  and "fault injection: hang" in hung_log.read_text())
+                  and "fault injection: hang" in hung_log.read_text()
+                  and '"dose_1000/sparse/train"' in manifest.read_text().split('"execution_results"', 1)[1])
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

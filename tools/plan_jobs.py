@@ -27,7 +27,9 @@ from .core.run.engines.registry import all_algorithms
 @click.option("--allow-missing-phase-d", is_flag=True,
               help="Skip jobs whose view NPZ is missing instead of failing.")
 @click.option("--algorithm", type=click.Choice(all_algorithms()), default=None,
-              help="Reconstruction algorithm of the design's engine (default: the design's).")
+              help="Replace the algorithm of a one-reconstructor design (its recipe's settings come with it).")
+@click.option("--reconstructor", "reconstructors", multiple=True,
+              help="Only this reconstructor of the design's reconstructors list (repeatable).")
 @click.option("--num-epochs", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
               help=f"Epochs per job, 1 to {MAX_EPOCHS} (default: the design's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and skip summary paths and counts as JSON.")
@@ -35,26 +37,30 @@ from .core.run.engines.registry import all_algorithms
 @version_option("plan-jobs")
 @fail_on_study_error
 def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, splits, allow_missing_phase_d,
-        algorithm, num_epochs, as_json):
-    """Plan every dose x view x split reconstruction job of a study design.
+        algorithm, reconstructors, num_epochs, as_json):
+    """Plan every dose x view x split (x reconstructor) reconstruction job of a study design.
 
     Baseline jobs read Phase C (<phase-c-root>/dose_<d>/patched_<split>.npz), overlap views read
     Phase D (<phase-d-root>/dose_<d>/<view>/<view>_<split>.npz). Writes
     <artifact-root>/reconstruction_manifest.json (the jobs, each with its input sha256, output
     folder, options and the exact run-ptychi command) and <artifact-root>/skip_summary.json (jobs
     filtered out or missing, with reasons). Replanning keeps the execution results of jobs that
-    are still planned. Exit 0 planned, 1 bad input (missing data, bad design), 2 usage.
+    are still planned. A design with a reconstructors list of several entries plans each cell once
+    per reconstructor, in <artifact-root>/dose_<d>/<view>/<split>/<reconstructor>/.
+    Exit 0 planned, 1 bad input (missing data, bad design), 2 usage.
 
     \b
     Example:
       plan-jobs --design plans/fly64_dose_overlap/design.json \\
         --phase-c-root tmp/study/phase_c --phase-d-root tmp/study/phase_d \\
         --artifact-root tmp/study/phase_f --dose 1000 --view dense
+      plan-jobs ... --algorithm EPIE --num-epochs 30   # pty-chi ePIE with its recipe
     """
     plan = write_plan(plan_jobs(
         design_path, phase_c_root, phase_d_root, artifact_root,
         doses=doses or None, views=views or None, splits=splits or None,
         allow_missing_phase_d=allow_missing_phase_d, algorithm=algorithm, num_epochs=num_epochs,
+        reconstructors=reconstructors or None,
     ))
     manifest, skips = plan.manifest, plan.skip_summary
     if as_json:
@@ -68,6 +74,7 @@ def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, sp
     for job in manifest["jobs"]:
         click.echo(f"{job['id']}\t{job['selection']['n_accepted']} positions\t{job['input_npz']}")
     for skip in skips["skipped_jobs"]:
-        click.echo(f"skipped dose_{skip['dose']}/{skip['view']}/{skip['split']}: {skip['reason']}", err=True)
+        rec = f"/{skip['reconstructor']}" if skip.get("reconstructor") else ""
+        click.echo(f"skipped dose_{skip['dose']}/{skip['view']}/{skip['split']}{rec}: {skip['reason']}", err=True)
     click.echo(f"{manifest['filtered_jobs']} of {manifest['total_jobs']} jobs planned, {skips['skipped_count']} "
                f"skipped ({skips['missing_phase_d_count']} missing Phase D) -> {plan.manifest_path}", err=True)

@@ -16,7 +16,7 @@ from .safepath import available_memory_bytes
 SPLITS = ("train", "test")
 BASELINE_VIEW = "baseline"
 #: Design sections that do not change the generated data (see StudyDesign.data_hash).
-NOT_DATA_KEYS = ("name", "description", "reconstruction", "metrics")
+NOT_DATA_KEYS = ("name", "description", "reconstruction", "reconstructors", "metrics")
 #: Bytes per object pixel that generating the data needs at its peak (the complex64 object, the
 #: float64 fields and FFT buffers it is built from): a design whose object cannot fit is refused
 #: up front instead of failing (or swapping) deep inside numpy.

@@ -26,6 +26,7 @@ from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_d
 from .errors import ContractError, ManifestError, StudyError
 from .fileio import remove_stale_temporaries, sha256_file
 from .manifests import read_json, write_json
+from .reconstructors import design_reconstructors, has_reconstructor_level
 from .run.engines.options import options_mapping
 from .run.engines.registry import DEFAULT_ENGINE, EngineSpec, engine_spec
 from .safepath import open_lock_file
@@ -47,9 +48,10 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def job_id(dose: int, view: str, split: str) -> str:
-    """``dose_1000/dense/train``: also the job folder below the artifact root."""
-    return f"{dose_key(dose)}/{view}/{split}"
+def job_id(dose: int, view: str, split: str, reconstructor: str | None = None) -> str:
+    """``dose_1000/dense/train`` (``.../<reconstructor>`` in a study of several): also the job folder."""
+    base = f"{dose_key(dose)}/{view}/{split}"
+    return f"{base}/{reconstructor}" if reconstructor else base
 
 
 def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_root: Path) -> Path:
@@ -68,6 +70,8 @@ def options_hash(job: dict) -> str:
     keyed = {"algorithm": job["algorithm"], "num_epochs": job["num_epochs"], "engine_options": job["engine_options"]}
     if job.get("engine", DEFAULT_ENGINE) != DEFAULT_ENGINE:
         keyed["engine"] = job["engine"]
+    if job.get("stopping") is not None:  # a stopping rule changes what runs; its absence keeps older hashes
+        keyed["stopping"] = job["stopping"]
     return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()
 
 
@@ -90,14 +94,15 @@ def selection_figures(meta: dict, path: str | os.PathLike) -> dict:
 
 
 def design_engine(design: StudyDesign) -> EngineSpec:
-    """The design's engine (``reconstruction.engine``, the default engine when absent)."""
-    return engine_spec(design.reconstruction.get("engine", DEFAULT_ENGINE))
+    """The engine of the design's first reconstructor."""
+    return engine_spec(design_reconstructors(design)[0].engine)
 
 
 def engine_options(design: StudyDesign) -> dict:
-    """The design's ``engine_options`` for its engine, checked by building the engine's typed record."""
-    spec = design_engine(design)
-    return options_mapping(spec.options(spec.design_options(design)))
+    """The ``engine_options`` of the design's first reconstructor (checked by building the engine's record)."""
+    rec = design_reconstructors(design)[0]
+    spec = engine_spec(rec.engine)
+    return options_mapping(spec.options(rec.engine_options))
 
 
 def instrument(design: StudyDesign) -> dict:
@@ -157,8 +162,9 @@ def plan_jobs(
     allow_missing_phase_d: bool = False,
     algorithm: str | None = None,
     num_epochs: int | None = None,
+    reconstructors: Iterable[str] | None = None,
 ) -> Plan:
-    """Build (not write) the manifest and skip summary for every dose x view x split of a design.
+    """Build (not write) the manifest and skip summary for every dose x view x split (x reconstructor) of a design.
 
     A selected job whose Phase C (baseline) file is missing is always an error; a missing Phase D
     (view) file is an error listing every missing file unless ``allow_missing_phase_d``, in which
@@ -174,62 +180,78 @@ def plan_jobs(
     _check_filter("dose", doses, design.doses, "--dose")
     _check_filter("view", views, design.views, "--view")
     _check_filter("split", splits, design.splits, "--split")
-    spec = design_engine(design)
-    algorithm = spec.check_algorithm(algorithm or design.reconstruction["algorithm"])
-    epochs = int(num_epochs) if num_epochs is not None else int(design.reconstruction["num_epochs"])
-    if not 1 <= epochs <= MAX_EPOCHS:
-        raise StudyError(f"--num-epochs {epochs}: must be between 1 and {MAX_EPOCHS}")
+    if algorithm is not None and design.raw.get("reconstructors") is None:
+        engine_spec(design.reconstruction.get("engine", DEFAULT_ENGINE)).check_algorithm(algorithm)
+    all_recs = design_reconstructors(design, algorithm)
+    names = [r.name for r in all_recs]
+    reconstructors = list(dict.fromkeys(reconstructors)) if reconstructors else None
+    _check_filter("reconstructor", reconstructors, names, "--reconstructor")
+    recs = [r for r in all_recs if not reconstructors or r.name in reconstructors]
+    level = has_reconstructor_level(design)
+    if num_epochs is not None and not 1 <= int(num_epochs) <= MAX_EPOCHS:
+        raise StudyError(f"--num-epochs {num_epochs}: must be between 1 and {MAX_EPOCHS}")
     manifest_path = artifacts / MANIFEST_NAME
-    options = engine_options(design)
+    hashes: dict[Path, str] = {}
 
     jobs: list[dict] = []
     skipped: list[dict] = []
     missing: list[dict] = []
     missing_phase_c: list[Path] = []
-    total = 0
-    for dose in design.doses:
-        for view in design.views:
-            for split in design.splits:
-                total += 1
-                entry = {"dose": dose, "view": view, "split": split}
-                reason = _filter_reason(dose, view, split, doses, views, splits)
-                if reason:
-                    skipped.append({**entry, "reason": reason})
-                    continue
-                path = input_path(view, dose, split, phase_c, phase_d)
-                if not path.is_file():
-                    if view == BASELINE_VIEW:
-                        missing_phase_c.append(path)
-                    else:
-                        missing.append({**entry, "reason": f"Phase D NPZ not found: {path}"})
-                    continue
-                root = phase_c if view == BASELINE_VIEW else phase_d
-                if not _inside(path, root):
-                    raise StudyError(f"{path}: resolves outside its root {root} (symbolic link?)")
-                meta = read_npz_metadata(path)
-                if meta.get("data_hash", design.data_hash) != design.data_hash:
-                    raise StudyError(
-                        f"{path}: _metadata/data_hash: made from other data settings than {design.path.name} "
-                        f"(expected {design.data_hash[:12]}, found {meta['data_hash'][:12]}): regenerate it with "
-                        f"gen-synthetic, or plan with the design that made it")
-                n_images = meta.get("n_images")
-                if not isinstance(n_images, int) or n_images < 1:
-                    raise ContractError(f"{path}: _metadata/n_images: expected a positive integer, got {n_images!r}")
-                the_id = job_id(dose, view, split)
-                jobs.append({
-                    "id": the_id,
-                    **entry,
-                    "input_npz": str(path),
-                    "input_sha256": sha256_file(path),
-                    "n_images": n_images,
-                    "output_dir": str(artifacts / the_id),
-                    "engine": spec.name,
-                    "algorithm": algorithm,
-                    "num_epochs": epochs,
-                    "engine_options": dict(options),
-                    "selection": selection_figures(meta, path),
-                    "command": run_command(manifest_path, the_id),
-                })
+    cells = [(dose, view, split) for dose in design.doses for view in design.views for split in design.splits]
+    total = len(cells) * len(all_recs)
+    for rec in all_recs:
+        if rec not in recs:
+            skipped.extend({"dose": d, "view": v, "split": s, "reconstructor": rec.name,
+                            "reason": "filtered out by --reconstructor " + " ".join(reconstructors)} for d, v, s in cells)
+    for dose, view, split in cells:
+        entry = {"dose": dose, "view": view, "split": split}
+        reason = _filter_reason(dose, view, split, doses, views, splits)
+        if reason:
+            skipped.extend({**entry, **({"reconstructor": r.name} if level else {}), "reason": reason}
+                           for r in recs)
+            continue
+        path = input_path(view, dose, split, phase_c, phase_d)
+        if not path.is_file():
+            if view == BASELINE_VIEW:
+                missing_phase_c.append(path)
+            else:
+                missing.extend({**entry, **({"reconstructor": r.name} if level else {}),
+                                "reason": f"Phase D NPZ not found: {path}"} for r in recs)
+            continue
+        root = phase_c if view == BASELINE_VIEW else phase_d
+        if not _inside(path, root):
+            raise StudyError(f"{path}: resolves outside its root {root} (symbolic link?)")
+        meta = read_npz_metadata(path)
+        if meta.get("data_hash", design.data_hash) != design.data_hash:
+            raise StudyError(
+                f"{path}: _metadata/data_hash: made from other data settings than {design.path.name} "
+                f"(expected {design.data_hash[:12]}, found {meta['data_hash'][:12]}): regenerate it with "
+                f"gen-synthetic, or plan with the design that made it")
+        n_images = meta.get("n_images")
+        if not isinstance(n_images, int) or n_images < 1:
+            raise ContractError(f"{path}: _metadata/n_images: expected a positive integer, got {n_images!r}")
+        if path not in hashes:
+            hashes[path] = sha256_file(path)
+        for rec in recs:
+            the_id = job_id(dose, view, split, rec.name if level else None)
+            job = {
+                "id": the_id,
+                **entry,
+                "input_npz": str(path),
+                "input_sha256": hashes[path],
+                "n_images": n_images,
+                "output_dir": str(artifacts / the_id),
+                "reconstructor": rec.name,
+                "engine": rec.engine,
+                "algorithm": rec.algorithm,
+                "num_epochs": int(num_epochs) if num_epochs is not None else rec.num_epochs,
+                "engine_options": dict(rec.engine_options),
+                "selection": selection_figures(meta, path),
+                "command": run_command(manifest_path, the_id),
+            }
+            if rec.stopping is not None:
+                job["stopping"] = dict(rec.stopping)
+            jobs.append(job)
     if missing_phase_c:
         raise StudyError(
             f"Phase C NPZ not found ({len(missing_phase_c)}): " + "; ".join(map(str, missing_phase_c))
@@ -256,7 +278,7 @@ def plan_jobs(
             "phase_c_root": str(phase_c),
             "phase_d_root": str(phase_d),
             "artifact_root": str(artifacts),
-            "filters": {"doses": doses, "views": views, "splits": splits},
+            "filters": {"doses": doses, "views": views, "splits": splits, "reconstructors": reconstructors},
             "allow_missing_phase_d": bool(allow_missing_phase_d),
             "spacing_thresholds": dict(design.spacing_thresholds),
             "created": now,
@@ -357,8 +379,9 @@ def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bo
         if job["id"] in seen:
             raise ManifestError(f"{path}: jobs/{i}/id: duplicate job {job['id']}")
         seen.add(job["id"])
-        if job["id"] != job_id(job["dose"], job["view"], job["split"]):
-            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split")
+        if job["id"] not in (job_id(job["dose"], job["view"], job["split"]),
+                             job_id(job["dose"], job["view"], job["split"], job.get("reconstructor"))):
+            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split/reconstructor")
         root = roots[BASELINE_VIEW] if job["view"] == BASELINE_VIEW else roots["view"]
         if not Path(job["input_npz"]).is_absolute() or not _inside(Path(job["input_npz"]), root):
             raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is outside {root}")

@@ -16,9 +16,10 @@ from ptydose.core.metrics import MetricSettings, compare
 from ptydose.core.physics import ForwardModel
 from ptydose.core.run.engines import cdtools as cdtools_engine
 from ptydose.core.run.engines.base import load_inputs
-from ptydose.core.run.engines.options import options_mapping, options_record
+from ptydose.core.run.engines.options import CdtoolsOptions, options_mapping, options_record
+from ptydose.core.run.engines.registry import ENGINES
 
-OPTIONS = cdtools_engine.CdtoolsOptions(
+OPTIONS = CdtoolsOptions(
     noise_model="gaussian", learning_rate=0.05, learning_rate_final=0.005, batch_size=16, optimize_probe=True,
     probe_update_start_epoch=1, seed=123, chunk_epochs=4, wavelength_m=1.4e-10, object_pixel_size_m=1.2e-7)
 SETTINGS = MetricSettings(ms_ssim_sigma=1.0, illumination_threshold=0.1)
@@ -43,18 +44,23 @@ def test_options_reject_bad_values(field, value, message):
 def test_design_options_build_a_record(smoke_design_path):
     """A design's CDTools options: shared settings from the design, Adam's own from the defaults; JSON round trip."""
     design = load_design(smoke_design_path)
-    mapping = cdtools_engine.cdtools_design_options(design, cdtools_engine.CDTOOLS_DEFAULTS)
-    record = options_record(cdtools_engine.CdtoolsOptions, mapping)
+    spec = ENGINES["cdtools"]
+    shared = {k: design.reconstruction[k] for k in ("noise_model", "chunk_epochs")}
+    mapping = spec.design_options(design, "ADAM", shared)
+    record = options_record(CdtoolsOptions, mapping)
     assert record.seed == design.seeds["grouping"]
     assert record.chunk_epochs == design.reconstruction["chunk_epochs"]
     assert record.noise_model == design.reconstruction["noise_model"]
     assert (record.wavelength_m, record.object_pixel_size_m) == (design.wavelength_m, design.object_pixel_size_m)
-    # The design's batch size is LSQML's; an Adam step wants its own.
-    assert record.batch_size == cdtools_engine.CDTOOLS_DEFAULTS["batch_size"] != design.reconstruction["batch_size"]
-    assert record.learning_rate == cdtools_engine.CDTOOLS_DEFAULTS["learning_rate"]
-    assert record.learning_rate_final == cdtools_engine.CDTOOLS_DEFAULTS["learning_rate_final"]
+    # Adam's own settings come from its recipe, not from the design's (LSQML) batch size.
+    recipe = spec.recipe("ADAM")
+    assert record.batch_size == recipe["batch_size"] != design.reconstruction["batch_size"]
+    assert record.learning_rate == recipe["learning_rate"]
+    assert record.learning_rate_final == recipe["learning_rate_final"]
     assert options_mapping(record) == mapping
-    assert list(mapping) == [f.name for f in dataclasses.fields(cdtools_engine.CdtoolsOptions)]
+    assert list(mapping) == [f.name for f in dataclasses.fields(CdtoolsOptions)]
+    with pytest.raises(EngineError, match=r"^reconstruction/object_alpha: not a setting of the CDTools engine"):
+        spec.design_options(design, "ADAM", {"object_alpha": 1.0})
 
 
 def test_learning_rate_decays_geometrically_from_first_to_last_epoch():

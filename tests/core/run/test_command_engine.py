@@ -506,11 +506,10 @@ def test_bad_argv_templates_are_refused(argv, message):
 
 def test_design_options_resolve_the_design_folder_only(tmp_path):
     """From a design: {design_dir} becomes the absolute folder, run-time placeholders and {{ }} stay."""
-    design = SimpleNamespace(path=tmp_path / "plans" / "x" / "design.json", seeds={"grouping": 9},
-                             reconstruction={"engine": "command", "algorithm": "EXTERNAL", "num_epochs": 5,
-                                             "command": ["{python}", "{design_dir}/../prog.py", "{{lit}}",
-                                                         "--out={output_npz}"]})
-    got = command_design_options(design, {"keep_work_dir": False})
+    design = SimpleNamespace(path=tmp_path / "plans" / "x" / "design.json", seeds={"grouping": 9})
+    settings = {"keep_work_dir": False,
+                "command": ["{python}", "{design_dir}/../prog.py", "{{lit}}", "--out={output_npz}"]}
+    got = command_design_options(design, settings)
     folder = str((tmp_path / "plans" / "x").resolve())
     assert got == {"argv": ["{python}", f"{folder}/../prog.py", "{{lit}}", "--out={output_npz}"], "seed": 9,
                    "keep_work_dir": False}
@@ -524,8 +523,8 @@ def test_design_options_resolve_the_design_folder_only(tmp_path):
 ])
 def test_design_without_a_usable_command_is_refused(tmp_path, command, message):
     """A design selecting the command engine without a valid argv template is a DesignError naming the field."""
-    rec = {"engine": "command"} if command is None else {"engine": "command", "command": command}
-    design = SimpleNamespace(path=tmp_path / "design.json", seeds={"grouping": 1}, reconstruction=rec)
+    settings = {"keep_work_dir": False} if command is None else {"keep_work_dir": False, "command": command}
+    design = SimpleNamespace(path=tmp_path / "design.json", seeds={"grouping": 1})
     with pytest.raises(DesignError) as caught:
-        command_design_options(design, {"keep_work_dir": False})
+        command_design_options(design, settings)
     assert str(caught.value).startswith(f"{tmp_path / 'design.json'}: {message}")

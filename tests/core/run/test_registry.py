@@ -26,7 +26,9 @@ def test_schema_enums_are_the_registry(repo_root):
     for where, properties in (("manifest jobs", manifest_job), ("job_result", result), ("design", design)):
         assert properties["algorithm"]["enum"] == list(all_algorithms()), where
         assert properties["engine"]["enum"] == list(ENGINES), where
-    assert DEFAULT_ENGINE in ENGINES and all_algorithms() == ("LSQML", "PIE", "EPIE", "RPIE", "DM")
+    assert DEFAULT_ENGINE in ENGINES and all_algorithms() == ("LSQML", "EPIE", "RPIE", "PIE", "ADAM", "EXTERNAL")
+    # DM is withdrawn (not robust to noise, docs/decisions.md): no schema may accept it.
+    assert "DM" not in all_algorithms()
 
 
 def test_ptychi_algorithms_are_ptychis_own():
@@ -52,9 +54,9 @@ def test_plan_jobs_offers_the_registry_algorithms():
 
 def test_unknown_engine_and_algorithm_name_the_choices():
     """An unknown engine or algorithm is a one-line error listing what the registry has."""
-    with pytest.raises(EngineError, match=r"^engine cdtools: not one of ptychi$"):
-        engine_spec("cdtools")
-    with pytest.raises(EngineError, match=r"^--algorithm SIRT: not one of LSQML, PIE, EPIE, RPIE, DM$"):
+    with pytest.raises(EngineError, match=r"^engine ptypy: not one of ptychi, cdtools, command$"):
+        engine_spec("ptypy")
+    with pytest.raises(EngineError, match=r"^--algorithm SIRT: not one of LSQML, EPIE, RPIE, PIE \(engine ptychi\)$"):
         ENGINES["ptychi"].check_algorithm("SIRT")
 
 
@@ -75,7 +77,7 @@ def test_design_options_fill_the_engine_defaults(smoke_design_path, tmp_path):
     from ptydose.core.jobs import engine_options
 
     raw = json.loads(smoke_design_path.read_text())
-    for key in ENGINES["ptychi"].defaults:
+    for key in (*ENGINES["ptychi"].defaults, "batch_size"):
         raw["reconstruction"].pop(key, None)
     design_path = tmp_path / "design.json"
     design_path.write_text(json.dumps(raw))
@@ -85,4 +87,4 @@ def test_design_options_fill_the_engine_defaults(smoke_design_path, tmp_path):
                              "chunk_epochs", "wavelength_m", "object_pixel_size_m"]
     assert {k: options[k] for k in ENGINES["ptychi"].defaults} == dict(ENGINES["ptychi"].defaults)
     assert options["seed"] == raw["seeds"]["grouping"]
-    assert options["noise_model"] == raw["reconstruction"]["noise_model"]
+    assert options["batch_size"] == ENGINES["ptychi"].recipe(raw["reconstruction"]["algorithm"])["batch_size"]

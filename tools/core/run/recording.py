@@ -205,6 +205,7 @@ class Recorder:
             "input_sha256": job.input_sha256, "options_hash": job.options_hash, "engine": job.engine,
             "algorithm": job.algorithm, "num_epochs": job.num_epochs, "finished": utc_now(),
             "versions": package_versions(), "engine_version": engine_version(job.engine),
+            **({"reconstructor": job.reconstructor} if job.reconstructor else {}),
         }
 
     def resumed(self, job: JobSpec, result: dict) -> None:
@@ -221,6 +222,7 @@ class Recorder:
     def _write_back(self, job: JobSpec, result: dict, resumed: bool) -> None:
         log_path = job.output_dir / LOG_NAME
         entry = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
+                 **({"reconstructor": job.reconstructor} if job.reconstructor else {}),
                  **{k: result[k] for k in RESULT_KEYS}, "log_path": str(log_path),
                  "result_path": str(job.output_dir / RESULT_NAME), "resumed": resumed, "selection": job.selection}
         results = [r for r in self.manifest["execution_results"] if r["job_id"] != job.id]

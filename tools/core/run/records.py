@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs import options_hash
+from .engines.control import StopRule
 from .engines.registry import DEFAULT_ENGINE, engine_spec
 
 STATUSES = ("ok", "failed", "timeout", "crashed")
@@ -39,6 +40,8 @@ class JobSpec:
     # The folder the job's writes must stay inside (no link on the way from it to output_dir);
     # None: output_dir itself (its own files are still never followed through links).
     artifact_root: Path | None = None
+    reconstructor: str | None = None  # the design's reconstructor name (absent in older manifests)
+    stopping: StopRule | None = None  # None: every planned epoch runs
 
     @property
     def confining_root(self) -> Path:
@@ -56,6 +59,7 @@ class JobSpec:
             num_epochs=int(job["num_epochs"]), options=spec.options(job["engine_options"]),
             options_hash=options_hash(job), selection=dict(job["selection"]),
             artifact_root=None if artifact_root is None else Path(artifact_root),
+            reconstructor=job.get("reconstructor"), stopping=StopRule.from_mapping(job.get("stopping")),
         )
 
 
