@@ -1,7 +1,8 @@
 """The files of a job folder and the writers of the reconstruction's own outputs.
 
 ``reconstruction.npz`` (object, probe, positions, losses, ``_metadata`` JSON string; optional
-checkpoints), ``losses.csv`` and ``product.h5`` (Ptychodus) are written by the worker, each
+checkpoints: ``checkpoint_epochs``, ``checkpoint_objects``, ``checkpoint_seconds``, at most
+:data:`.engines.control.MAX_CHECKPOINTS`; docs/manifests.md), ``losses.csv`` and ``product.h5`` (Ptychodus) are written by the worker, each
 atomically; ``result.json`` only by :mod:`.recording`; ``ptychi.log`` holds everything the job
 printed plus the runner's notes.
 
@@ -28,6 +29,7 @@ from ..fileio import atomic_output
 from ..product import ProductMetadata, write_product
 from ..safepath import make_confined_dirs
 from .engines.base import EngineInputs, EngineResult
+from .engines.control import MAX_CHECKPOINTS
 from .engines.registry import engine_spec
 from .records import JobSpec, WorkItem
 
@@ -70,8 +72,13 @@ def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, meta
     }
     if result.checkpoints:
         epochs = sorted(result.checkpoints)
+        if len(epochs) > MAX_CHECKPOINTS:
+            raise EngineError(f"the engine kept {len(epochs)} checkpoints, more than {MAX_CHECKPOINTS}")
         arrays["checkpoint_epochs"] = np.asarray(epochs, dtype=np.int64)
         arrays["checkpoint_objects"] = np.stack([result.checkpoints[e] for e in epochs]).astype(np.complex64)
+        # Engine seconds at each checkpoint; NaN where an engine kept an object but no time.
+        arrays["checkpoint_seconds"] = np.asarray([result.checkpoint_seconds.get(e, np.nan) for e in epochs],
+                                                  dtype=np.float64)
     with atomic_output(path) as handle:
         np.savez(handle, **arrays)
     return Path(path)
@@ -91,9 +98,13 @@ def write_job_outputs(item: WorkItem, inputs: EngineInputs, result: EngineResult
     """The three output files of one finished reconstruction, in the job's folder."""
     job = item.job
     out = job.output_dir
+    stop = getattr(job, "stopping", None)
     meta = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
             "input_npz": job.input_npz, "input_sha256": job.input_sha256, "engine": job.engine,
-            "algorithm": job.algorithm, "num_epochs": job.num_epochs, "options_hash": job.options_hash}
+            "algorithm": job.algorithm, "num_epochs": job.num_epochs, "options_hash": job.options_hash,
+            "reconstructor": getattr(job, "reconstructor", None),
+            "epochs_run": int(len(result.loss_values)), "stop_reason": result.stop_reason,
+            "stopping": None if stop is None else stop.mapping()}
     with naming(out / "reconstruction.npz"):
         write_reconstruction_npz(out / "reconstruction.npz", result, meta)
     with naming(out / "losses.csv"):

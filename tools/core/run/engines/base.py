@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ...contract import read_contract_npz
+
+if TYPE_CHECKING:  # control imports this module (ProgressCallback)
+    from .control import RunControl
 
 #: ``progress(epochs_done, num_epochs, last_loss, seconds_in_the_engine)`` after each chunk of epochs.
 ProgressCallback = Callable[[int, int, "float | None", float], None]
@@ -46,8 +49,10 @@ class EngineResult:
     loss_epochs: np.ndarray  # int64
     loss_values: np.ndarray  # float64
     reconstruction_s: float  # seconds inside the engine's own iterations
-    checkpoints: Mapping[int, np.ndarray] = field(default_factory=dict)  # epoch -> object, if the engine keeps any
-    checkpoint_seconds: Mapping[int, float] = field(default_factory=dict)  # epoch -> seconds in the engine so far
+    # Epochs completed -> the object after them (complex64, objectGuess frame), if the engine keeps
+    # any; the last epoch run is always among them when there are any (see control.ChunkLoop).
+    checkpoints: Mapping[int, np.ndarray] = field(default_factory=dict)
+    checkpoint_seconds: Mapping[int, float] = field(default_factory=dict)  # epochs completed -> engine seconds so far
     stop_reason: str | None = None  # why the run ended before its planned epochs (a stopping rule), else None
 
 
@@ -58,8 +63,15 @@ class Engine(Protocol):
         """Import what the engine needs (torch, the method's package); raises if it cannot."""
 
     def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: Any, *,
-                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
-        """Reconstruct ``inputs`` with ``algorithm`` for ``num_epochs``; ``options`` is the engine's record."""
+                    device: str, progress: ProgressCallback | None = None,
+                    control: RunControl | None = None) -> EngineResult:
+        """Reconstruct ``inputs`` with ``algorithm`` for ``num_epochs``; ``options`` is the engine's record.
+
+        ``control`` (:class:`.control.RunControl`): the checkpoints to keep and the stopping rule;
+        None keeps no checkpoint and runs every epoch. An engine that runs epochs in chunks does so
+        through :class:`.control.ChunkLoop`. An engine without a ``control`` parameter cannot
+        honour a stopping rule: the worker refuses such a job rather than ignore the rule.
+        """
 
 
 def load_inputs(path: str | os.PathLike) -> EngineInputs:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ...errors import EngineError
 from .base import EngineInputs, EngineResult, ProgressCallback
+from .control import ChunkLoop, RunControl
 from .options import CdtoolsOptions
 
 #: Pixels of padding around the object buffer: CDTools' floor window may start one pixel before
@@ -139,8 +140,14 @@ class CdtoolsEngine:
         import_cdtools()
 
     def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: CdtoolsOptions, *,
-                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
-        """Run Adam in chunks of ``options.chunk_epochs`` epochs, reporting progress after each chunk."""
+                    device: str, progress: ProgressCallback | None = None,
+                    control: RunControl | None = None) -> EngineResult:
+        """Run Adam in chunks of ``options.chunk_epochs`` epochs (:class:`.control.ChunkLoop`):
+        progress after each chunk, checkpoints and the stopping rule as ``control`` asks.
+
+        The learning-rate schedule spans the *planned* epochs: a run the stopping rule ends early
+        stops at the step size it had reached.
+        """
         import torch
         from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
@@ -159,10 +166,9 @@ class CdtoolsEngine:
         loader = DataLoader(dataset, sampler=sampler, batch_size=None)
         reconstructor = AdamReconstructor(model, dataset)
         model.probe.requires_grad_(False)
-        run_s = 0.0
-        done = 0
-        while done < num_epochs:
-            n = min(options.chunk_epochs, num_epochs - done)
+        loop = ChunkLoop(num_epochs, options.chunk_epochs, control, progress)
+        for n in loop:
+            done = loop.done
             start = time.perf_counter()
             epochs = reconstructor.optimize(n, lr=learning_rate(options, done, num_epochs), custom_data_loader=loader,
                                             thread=False, calculation_width=options.batch_size)
@@ -174,16 +180,14 @@ class CdtoolsEngine:
             next(epochs, None)  # lets the generator finish its own bookkeeping
             if target.type == "cuda":
                 torch.cuda.synchronize()
-            run_s += time.perf_counter() - start
-            done += n
-            if progress is not None:
-                progress(done, num_epochs, float(model.loss_history[-1]), run_s)
+            seconds = time.perf_counter() - start
+            loop.chunk_done(seconds, [float(v) for v in model.loss_history], lambda: _object_copy(model))
         losses = np.asarray([float(v) for v in model.loss_history], dtype=np.float64)
         if not np.all(np.isfinite(losses)):
             raise EngineError(f"CDTools diverged: non-finite loss at epoch {int(np.argmin(np.isfinite(losses)))} "
                               f"(learning_rate {options.learning_rate} too large?)")
         with torch.no_grad():
-            obj = model.obj.detach().cpu().numpy()[PAD:-PAD, PAD:-PAD]
+            obj = _object_copy(model)
             probe = (model.probe[0] * model.probe_norm).detach().cpu().numpy() / inputs.probe.shape[-1]
         return EngineResult(
             object=np.ascontiguousarray(obj, dtype=np.complex64),
@@ -193,5 +197,13 @@ class CdtoolsEngine:
             positions_y_px=dataset.translations[:, 1].double().numpy() / options.object_pixel_size_m,
             loss_epochs=np.arange(len(losses), dtype=np.int64),
             loss_values=losses,
-            reconstruction_s=run_s,
+            reconstruction_s=loop.seconds,
+            checkpoints=loop.checkpoints,
+            checkpoint_seconds=loop.checkpoint_seconds,
+            stop_reason=loop.stop_reason,
         )
+
+
+def _object_copy(model: Any) -> np.ndarray:
+    """The model's object in the objectGuess frame (padding cropped), a complex64 CPU copy."""
+    return np.array(model.obj.detach().cpu().numpy()[PAD:-PAD, PAD:-PAD], dtype=np.complex64)

@@ -18,6 +18,7 @@ import numpy as np
 from ...errors import EngineError
 from ...geometry import position_origin
 from .base import EngineInputs, EngineResult, ProgressCallback
+from .control import ChunkLoop, RunControl
 from .options import PtychiOptions
 
 
@@ -74,8 +75,10 @@ class PtychiEngine:
         import torch  # noqa: F401  (the heavy import is the point)
 
     def reconstruct(self, inputs: EngineInputs, algorithm: str, num_epochs: int, options: PtychiOptions, *,
-                    device: str, progress: ProgressCallback | None = None) -> EngineResult:
-        """Run pty-chi in chunks of ``options.chunk_epochs`` epochs, reporting progress after each chunk."""
+                    device: str, progress: ProgressCallback | None = None,
+                    control: RunControl | None = None) -> EngineResult:
+        """Run pty-chi in chunks of ``options.chunk_epochs`` epochs (:class:`.control.ChunkLoop`):
+        progress after each chunk, checkpoints and the stopping rule as ``control`` asks."""
         from ptychi.api.task import PtychographyTask
 
         origin_y, origin_x = position_origin(inputs.object_shape)
@@ -88,16 +91,13 @@ class PtychiEngine:
             probe_position_x_px=inputs.xcoords - origin_x,
             probe_position_y_px=inputs.ycoords - origin_y,
         )
-        run_s = 0.0
-        done = 0
-        while done < num_epochs:
-            n = min(options.chunk_epochs, num_epochs - done)
+        loop = ChunkLoop(num_epochs, options.chunk_epochs, control, progress)
+        for n in loop:
             start = time.perf_counter()
             task.run(n_epochs=n)
-            run_s += time.perf_counter() - start
-            done += n
-            if progress is not None:
-                progress(done, num_epochs, _last_loss(task), run_s)
+            seconds = time.perf_counter() - start
+            loop.chunk_done(seconds, task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64),
+                            lambda: task.get_data_to_cpu("object", as_numpy=True)[0])
         table = task.reconstructor.loss_tracker.table
         obj = task.get_data_to_cpu("object", as_numpy=True)
         if obj.shape[-2:] != inputs.object_shape:
@@ -110,10 +110,8 @@ class PtychiEngine:
             positions_y_px=task.get_probe_positions_y(as_numpy=True).astype(np.float64) + origin_y,
             loss_epochs=table["epoch"].to_numpy(dtype=np.int64),
             loss_values=table["loss"].to_numpy(dtype=np.float64),
-            reconstruction_s=run_s,
+            reconstruction_s=loop.seconds,
+            checkpoints=loop.checkpoints,
+            checkpoint_seconds=loop.checkpoint_seconds,
+            stop_reason=loop.stop_reason,
         )
-
-
-def _last_loss(task: Any) -> float | None:
-    table = task.reconstructor.loss_tracker.table
-    return float(table["loss"].iloc[-1]) if len(table) else None
