@@ -327,6 +327,9 @@ def test_result_of_other_options_is_not_scored(sweep, tmp_path):
     ("bomb", "reconstruction.npz: object: compression ratio"),
     ("encrypted", "reconstruction.npz: object: encrypted zip member"),
     ("bzip2", "reconstruction.npz: object: unsupported zip compression method"),
+    ("checkpoint_shape", "reconstruction.npz: checkpoint_objects: shape (2, 40, 40), expected (2, 80, 80)"),
+    ("checkpoint_order", "reconstruction.npz: checkpoint_epochs: expected increasing epochs >= 1, got [4, 2]"),
+    ("checkpoint_alone", "reconstruction.npz: checkpoint_objects: key missing (the file has checkpoint_epochs)"),
 ])
 def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
     """A malformed result.json or a foreign reconstruction.npz: exit 1, one line naming the file."""
@@ -349,6 +352,14 @@ def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
         with np.load(folder / "reconstruction.npz") as npz:
             arrays = dict(npz)
         arrays["object"] = arrays["object"][:40, :40]
+        np.savez(folder / "reconstruction.npz", **arrays)
+    elif damage.startswith("checkpoint_"):
+        with np.load(folder / "reconstruction.npz") as npz:
+            arrays = dict(npz)
+        side = 40 if damage == "checkpoint_shape" else M
+        arrays["checkpoint_epochs"] = np.array([4, 2] if damage == "checkpoint_order" else [2, 4])
+        if damage != "checkpoint_alone":
+            arrays["checkpoint_objects"] = np.ones((2, side, side), np.complex64)
         np.savez(folder / "reconstruction.npz", **arrays)
     elif damage == "text":
         (folder / "reconstruction.npz").write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -416,3 +427,153 @@ def test_help_has_an_example_and_usage_errors_exit_2():
     assert "Example:\n    summarize --artifact-root tmp/study/phase_f\n" in result.output
     result = runner.invoke(cli, [], prog_name="summarize")
     assert result.exit_code == 2 and "Missing option '--artifact-root'" in result.output
+
+
+# --------------------------------------------------------------------------- convergence, end to end
+
+TWO_RECONSTRUCTORS = [
+    {"name": "lsqml", "algorithm": "LSQML", "num_epochs": 8, "options": {"chunk_epochs": 2}},
+    # A threshold no run can meet (the best loss would have to fall by 100 % over 2 epochs): the
+    # rule stops at the first chunk end it may, min_epochs = 4, and never before.
+    {"name": "adam", "engine": "cdtools", "algorithm": "ADAM", "num_epochs": 8,
+     "options": {"batch_size": 8, "chunk_epochs": 2},
+     "stopping": {"rule": "loss_plateau", "window_epochs": 2, "min_relative_improvement": 1.0, "min_epochs": 4}},
+]
+
+
+@pytest.fixture(scope="module")
+def real_sweep(smoke_data, tmp_path_factory) -> tuple[Path, dict]:
+    """Two real reconstructors (pty-chi LSQML, CDTools Adam with a stopping rule) on one cell, run and summarized."""
+    from ptydose.core.jobs import plan_jobs, write_plan
+    from ptydose.run_ptychi import cli as run_cli
+
+    base = tmp_path_factory.mktemp("real_sweep")
+    raw = json.loads(Path(smoke_data["design"]).read_text())
+    raw["reconstructors"] = TWO_RECONSTRUCTORS
+    design = base / "design.json"
+    design.write_text(json.dumps(raw))
+    plan = write_plan(plan_jobs(design, smoke_data["phase_c_root"], smoke_data["phase_d_root"], base / "art",
+                                doses=[100000], views=["dense"], splits=["train"]))
+    result = CliRunner().invoke(run_cli, ["--manifest", str(plan.manifest_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return base / "art", summarize(base / "art").summary
+
+
+@pytest.mark.slow
+def test_checkpoints_rescored_independently_match_the_summary(real_sweep):
+    """Each stored checkpoint, scored again with metrics.compare, gives summary.json's convergence values.
+
+    Same code, same inputs, same settings: the values agree to float round-off (1e-9 relative
+    covers the JSON round trip and nothing else; the registration is deterministic).
+    """
+    from ptydose.core import metrics
+    from ptydose.core.summary import METRICS, flat_metrics, load_ground_truth
+
+    root, summary = real_sweep
+    design = load_design(Path(summary["provenance"]["design"]))
+    settings = metrics.MetricSettings(ms_ssim_sigma=float(design.metrics["ms_ssim_sigma"]),
+                                      illumination_threshold=float(design.metrics["illumination_threshold"]))
+    checked = 0
+    for job in summary["jobs"]:
+        assert job["status"] == "scored"
+        with np.load(root / job["job_id"] / "reconstruction.npz", allow_pickle=False) as rec:
+            epochs, objects, seconds = rec["checkpoint_epochs"], rec["checkpoint_objects"], rec["checkpoint_seconds"]
+            final = rec["object"]
+        assert [e["epoch"] for e in job["convergence"]] == epochs.tolist()
+        assert epochs[-1] == job["epochs"]
+        np.testing.assert_array_equal(objects[-1], final)  # the last checkpoint is the final object
+        # result.json rounds its seconds to 0.1 ms.
+        assert np.all(np.diff(seconds) > 0) and seconds[-1] == pytest.approx(job["reconstruction_s"], abs=1e-4)
+        truth = load_ground_truth(Path(next(j for j in read_json(root / "reconstruction_manifest.json",
+                                                                 "reconstruction_manifest")["jobs"]
+                                            if j["id"] == job["job_id"])["input_npz"]))
+        for entry, obj, second in zip(job["convergence"], objects, seconds):
+            again = flat_metrics(metrics.compare(obj, truth["objectGuess"], truth["probeGuess"], truth["xcoords"],
+                                                 truth["ycoords"], settings).metrics)
+            for name in METRICS:
+                if again[name] is None:
+                    assert entry[name] is None
+                else:
+                    assert entry[name] == pytest.approx(again[name], rel=1e-9, abs=1e-12), (job["job_id"], name)
+            assert entry["seconds"] == pytest.approx(float(second), rel=1e-12)
+            checked += 1
+        assert job["convergence"][-1]["phase_ssim"] == job["flat"]["phase_ssim"]
+        best = max(job["convergence"], key=lambda e: (e["phase_ssim"], -e["epoch"]))
+        assert job["best_epoch"] == best["epoch"]
+    assert checked == 4 + 2  # lsqml: epochs 2, 4, 6, 8; adam: 2, 4 (stopped)
+
+
+@pytest.mark.slow
+def test_stopping_rule_and_reconstructors_reach_the_summary(real_sweep):
+    """The stopped job says so; rows, aggregates, tables and the convergence figure carry the reconstructor."""
+    root, summary = real_sweep
+    jobs = {j["reconstructor"]: j for j in summary["jobs"]}
+    assert sorted(jobs) == ["adam", "lsqml"]
+    adam, lsqml = jobs["adam"], jobs["lsqml"]
+    assert (adam["job_id"], adam["epochs"], adam["epochs_planned"], adam["stopped_early"]) == (
+        "dose_100000/dense/train/adam", 4, 8, True)
+    assert adam["stop_reason"].startswith("loss_plateau: the best loss improved by ")
+    assert (lsqml["epochs"], lsqml["epochs_planned"], lsqml["stopped_early"], lsqml["stop_reason"]) == (8, 8, False, None)
+    assert "run-ptychi: stopped after 4 of 8 epochs: loss_plateau" in (root / adam["job_id"] / "ptychi.log").read_text()
+    assert {(g["view"], g["reconstructor"]) for g in summary["aggregates"]["by_dose_view"]} == {
+        ("dense", "adam"), ("dense", "lsqml")}
+    assert "convergence_dose_100000.png" in {Path(f).name for f in summary["figures"]}
+    figure = root / "summary" / "figures" / "convergence_dose_100000.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    markdown = (root / "summary" / "summary.md").read_text()
+    assert "## Convergence" in markdown and "| dose | view | reconstructor | scored |" in markdown
+    assert f"| {adam['job_id']} | adam | 4 / 8 | 2 |" in markdown
+
+
+# --------------------------------------------------------------------------- convergence flags
+
+
+def _trace(values: list[float], every: int = 10, headline: str = "phase_ssim") -> list[dict]:
+    return [{"epoch": every * (i + 1), "seconds": float(i), headline: v} for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(("values", "best", "under", "noise"), [
+    # Still rising over the last 20 % (epochs 80 -> 100: +0.02 > 0.005).
+    ([0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.64, 0.66, 0.67, 0.68], 100, True, False),
+    # Flat at the end (+0.002 <= 0.005): converged.
+    ([0.3, 0.5, 0.6, 0.65, 0.66, 0.665, 0.667, 0.668, 0.669, 0.670], 100, False, False),
+    # Peaked at epoch 50, 0.03 worse at the end: fitting noise, and not improving.
+    ([0.3, 0.5, 0.6, 0.65, 0.68, 0.67, 0.66, 0.66, 0.655, 0.65], 50, False, True),
+    # Jitter within the tolerance either way: no flag; a tie for best goes to the earliest epoch.
+    ([0.5, 0.6, 0.62, 0.623, 0.621, 0.623, 0.62, 0.622, 0.621, 0.619], 40, False, False),
+])
+def test_convergence_flags_on_constructed_traces(values, best, under, noise):
+    """best_epoch, under_converged and fitting_noise by the stated rule (LAST_FRACTION 0.2, tolerance 0.005)."""
+    from ptydose.core.summary import CONVERGENCE_TOLERANCE, LAST_FRACTION, convergence_flags
+
+    assert (LAST_FRACTION, CONVERGENCE_TOLERANCE) == (0.2, 0.005)
+    assert convergence_flags(_trace(values), "phase_ssim") == {
+        "best_epoch": best, "under_converged": under, "fitting_noise": noise}
+
+
+def test_convergence_flags_follow_the_metric_direction_and_missing_data():
+    """A lower-is-better headline flips the comparisons; without a reference checkpoint or a trace, None."""
+    from ptydose.core.summary import convergence_flags
+
+    falling_rmse = _trace([0.5, 0.4, 0.3, 0.25, 0.2], headline="phase_rmse")  # still improving at the end
+    assert convergence_flags(falling_rmse, "phase_rmse") == {"best_epoch": 50, "under_converged": True,
+                                                             "fitting_noise": False}
+    assert convergence_flags(_trace([0.6]), "phase_ssim") == {"best_epoch": 10, "under_converged": None,
+                                                              "fitting_noise": False}
+    assert convergence_flags(None, "phase_ssim") == {"best_epoch": None, "under_converged": None, "fitting_noise": None}
+    unscored_end = _trace([0.5, 0.6]) + [{"epoch": 30, "seconds": 2.0, "phase_ssim": None}]
+    assert convergence_flags(unscored_end, "phase_ssim") == {"best_epoch": 20, "under_converged": None,
+                                                             "fitting_noise": None}
+
+
+def test_summary_of_a_sweep_without_checkpoints_has_no_convergence_parts(summarized):
+    """Reconstructions without checkpoints (older run-ptychi): null traces and flags, no convergence figure or table."""
+    summary = summarized.summary
+    for job in summary["jobs"]:
+        assert (job["convergence"], job["best_epoch"], job["under_converged"], job["fitting_noise"]) == (
+            None, None, None, None)
+        assert job["reconstructor"] is None and "reconstructor" not in json.dumps(summary["aggregates"])
+    assert not any("convergence" in f for f in summary["figures"])
+    assert "## Convergence" not in summarized.markdown_path.read_text()
+    assert summary["settings"]["convergence"] == {"headline_metric": "phase_ssim", "last_fraction": 0.2,
+                                                  "tolerance": 0.005}

@@ -48,6 +48,18 @@ class CurveJob:
     loss_values: np.ndarray | None = None
 
 
+@dataclass
+class ConvergenceTrace:
+    """One job's scored checkpoints: the headline metric at each epoch and engine second."""
+
+    dose: int
+    view: str  # the line's name: a view, or a view and a reconstructor
+    split: str
+    epochs: Sequence[int]
+    seconds: Sequence[float | None]
+    values: Sequence[float | None]
+
+
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     with atomic_output(path) as handle:  # a kill never leaves half a PNG
@@ -206,5 +218,36 @@ def loss_curves(jobs: Sequence[CurveJob], doses: Sequence[int], views: Sequence[
         ax.grid(True, alpha=0.3)
         if not drawn:
             ax.text(0.5, 0.5, "no loss recorded", ha="center", transform=ax.transAxes)
+    _legend(fig, axes)
+    return _save(fig, path)
+
+
+def convergence_curves(traces: Sequence[ConvergenceTrace], dose: int, views: Sequence[str], metric_label: str,
+                       path: Path) -> Path:
+    """One dose: the headline metric against epoch (left) and engine seconds (right), a line per job.
+
+    Colour per view (or view and reconstructor), style per split; a point is a scored checkpoint.
+    Points without a value (or, on the right, without seconds) are left out.
+    """
+    fig = Figure(figsize=(10.4, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False).ravel()
+    colours = _colours(views)
+    for ax, axis in zip(axes, ("epoch", "seconds")):
+        drawn = False
+        for trace in traces:
+            xs = trace.epochs if axis == "epoch" else trace.seconds
+            points = [(x, y) for x, y in zip(xs, trace.values) if x is not None and y is not None]
+            if not points:
+                continue
+            px, py = zip(*points)
+            ax.plot(px, py, SPLIT_STYLES.get(trace.split, "-"), marker=".", color=colours.get(trace.view, "k"),
+                    label=f"{trace.view} {trace.split}")
+            drawn = True
+        ax.set_xlabel("epoch" if axis == "epoch" else "seconds in the engine")
+        ax.set_ylabel(metric_label)
+        ax.grid(True, alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "no checkpoint scored", ha="center", transform=ax.transAxes)
+    fig.suptitle(f"dose {dose:g}: {metric_label} of each checkpoint", fontsize=10)
     _legend(fig, axes)
     return _save(fig, path)

@@ -15,6 +15,7 @@ the file: the caller prints one line and exits 1.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import platform
@@ -61,6 +62,16 @@ METRICS: dict[str, tuple[tuple[str, ...], str, bool]] = {
 FIGURE_METRICS = ("phase_rmse", "phase_ssim", "phase_ms_ssim", "complex_correlation",
                   "frc_fraction_of_nyquist", "amplitude_ssim")
 
+# Convergence (docs/manifests.md, "Checkpoints and convergence"). Each checkpoint is scored with
+# the same metrics.compare as the final object; the headline metric is phase SSIM (amplitude SSIM
+# with emphasis "amplitude"). A job is under-converged when the headline improved by more than
+# CONVERGENCE_TOLERANCE between the last checkpoint at or before (1 - LAST_FRACTION) of its epochs
+# and its final epoch; it is fitting noise when its final headline is worse than its best by more
+# than CONVERGENCE_TOLERANCE. 0.005 SSIM is about the checkpoint-to-checkpoint jitter of a
+# converged LSQML run of the shipped study at dose 1e3 (measured, 10-epoch checkpoints).
+LAST_FRACTION = 0.2
+CONVERGENCE_TOLERANCE = 0.005
+
 
 # --------------------------------------------------------------------------- reading
 
@@ -86,8 +97,10 @@ def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
 def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The object and loss history of a run-ptychi ``reconstruction.npz``, checked."""
     arrays = read_npz_arrays(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f",
-                                    "_metadata": "U"})
+                                    "_metadata": "U"},
+                             {"checkpoint_epochs": "iu", "checkpoint_objects": "c", "checkpoint_seconds": "f"})
     arrays["metadata"] = _metadata(path, arrays["_metadata"])
+    _check_checkpoints(path, arrays, tuple(object_shape))
     if arrays["object"].shape != tuple(object_shape):
         raise ContractError(f"{path}: object: shape {arrays['object'].shape} differs from the ground truth {tuple(object_shape)}")
     if arrays["loss_epochs"].shape != arrays["loss_values"].shape:
@@ -95,6 +108,24 @@ def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, 
     if not np.all(np.isfinite(arrays["object"])):
         raise ContractError(f"{path}: object: holds NaN or inf")
     return arrays
+
+
+def _check_checkpoints(path: Path, arrays: dict, object_shape: tuple[int, int]) -> None:
+    """Checkpoint arrays, when present: k increasing epochs >= 1, k objects of the object's shape, k seconds."""
+    present = [k for k in ("checkpoint_epochs", "checkpoint_objects", "checkpoint_seconds") if k in arrays]
+    if not present:
+        return
+    for key in ("checkpoint_epochs", "checkpoint_objects"):
+        if key not in arrays:
+            raise ContractError(f"{path}: {key}: key missing (the file has {present[0]})")
+    epochs, objects = arrays["checkpoint_epochs"], arrays["checkpoint_objects"]
+    if epochs.ndim != 1 or epochs.size == 0 or np.any(epochs < 1) or np.any(np.diff(epochs) <= 0):
+        raise ContractError(f"{path}: checkpoint_epochs: expected increasing epochs >= 1, got {epochs.tolist()}")
+    if objects.shape != (epochs.size, *object_shape):
+        raise ContractError(f"{path}: checkpoint_objects: shape {objects.shape}, expected {(epochs.size, *object_shape)}")
+    seconds = arrays.get("checkpoint_seconds")
+    if seconds is not None and seconds.shape != epochs.shape:
+        raise ContractError(f"{path}: checkpoint_seconds: shape {seconds.shape} differs from checkpoint_epochs {epochs.shape}")
 
 
 def check_reconstruction_identity(path: Path, meta: dict, job: dict, opts_hash: str) -> None:
@@ -151,10 +182,16 @@ class JobOutcome:
     gt: np.ndarray | None = None
     loss_epochs: np.ndarray | None = None
     loss_values: np.ndarray | None = None
+    convergence: list[dict] | None = None  # one scored entry per checkpoint (None: the file kept none)
+    stop_reason: str | None = None
 
     @property
     def key(self) -> tuple[int, str, str]:
         return self.job["dose"], self.job["view"], self.job["split"]
+
+    @property
+    def reconstructor(self) -> str | None:
+        return self.job.get("reconstructor")
 
 
 def _finite(value: Any) -> Any:
@@ -217,9 +254,76 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
                                      truth["xcoords"], truth["ycoords"], settings, pixel_size_m)
     except ValueError as exc:
         return JobOutcome(job, "unscored", f"cannot compare: {exc}", result["returncode"], result)
+    convergence = score_checkpoints(recon, truth, comparison, settings, pixel_size_m)
     return JobOutcome(job, "scored", None, result["returncode"], result, comparison,
                       gt=np.asarray(truth["objectGuess"]), loss_epochs=recon["loss_epochs"],
-                      loss_values=recon["loss_values"])
+                      loss_values=recon["loss_values"], convergence=convergence,
+                      stop_reason=recon["metadata"].get("stop_reason"))
+
+
+def score_checkpoints(recon: dict, truth: dict, final: metrics.Comparison, settings: metrics.MetricSettings,
+                      pixel_size_m: float | None) -> list[dict] | None:
+    """``[{epoch, seconds, <flat metrics>}]``, one per checkpoint, scored exactly as the final object.
+
+    A checkpoint identical to the final object reuses its comparison (same input, same result); a
+    checkpoint that cannot be compared (non-finite values) has null metrics.
+    """
+    if "checkpoint_epochs" not in recon:
+        return None
+    seconds = recon.get("checkpoint_seconds")
+    entries = []
+    for i, epoch in enumerate(recon["checkpoint_epochs"]):
+        obj = recon["checkpoint_objects"][i]
+        if np.array_equal(obj, recon["object"]):
+            flat = flat_metrics(final.metrics)
+        elif not np.all(np.isfinite(obj)):
+            flat = dict.fromkeys(METRICS)
+        else:
+            try:
+                flat = flat_metrics(metrics.compare(obj, truth["objectGuess"], truth["probeGuess"], truth["xcoords"],
+                                                    truth["ycoords"], settings, pixel_size_m).metrics)
+            except ValueError:
+                flat = dict.fromkeys(METRICS)
+        second = None if seconds is None or not math.isfinite(float(seconds[i])) else float(seconds[i])
+        entries.append({"epoch": int(epoch), "seconds": second, **flat})
+    return entries
+
+
+def headline_metric(emphasis: str) -> str:
+    """The metric convergence is judged by: phase SSIM, or amplitude SSIM with emphasis 'amplitude'."""
+    return "amplitude_ssim" if emphasis == "amplitude" else "phase_ssim"
+
+
+def convergence_flags(trace: list[dict] | None, headline: str, last_fraction: float = LAST_FRACTION,
+                      tolerance: float = CONVERGENCE_TOLERANCE) -> dict:
+    """``best_epoch``, ``under_converged`` and ``fitting_noise`` of one job's scored checkpoints.
+
+    ``E`` = the last checkpoint's epoch (the epochs run); the reference is the last checkpoint at
+    or before ``(1 - last_fraction) * E``. Higher is better for ``headline`` (an SSIM) when
+    METRICS says so, else lower. A flag is None when it cannot be judged (no trace, no reference
+    checkpoint, a missing value).
+    """
+    flags = {"best_epoch": None, "under_converged": None, "fitting_noise": None}
+    points = [(e["epoch"], e[headline]) for e in trace or [] if e.get(headline) is not None]
+    if not trace or not points or points[-1][0] != trace[-1]["epoch"]:
+        if points:
+            flags["best_epoch"] = _best(points, headline)[0]
+        return flags
+    sign = 1.0 if METRICS[headline][2] else -1.0
+    best_epoch, best_value = _best(points, headline)
+    final_epoch, final_value = points[-1]
+    flags["best_epoch"] = best_epoch
+    flags["fitting_noise"] = bool(sign * (best_value - final_value) > tolerance)
+    earlier = [p for p in points if p[0] <= (1.0 - last_fraction) * final_epoch]
+    if earlier:
+        flags["under_converged"] = bool(sign * (final_value - earlier[-1][1]) > tolerance)
+    return flags
+
+
+def _best(points: list[tuple[int, float]], headline: str) -> tuple[int, float]:
+    """The earliest checkpoint with the best value."""
+    sign = 1.0 if METRICS[headline][2] else -1.0
+    return max(points, key=lambda p: (sign * p[1], -p[0]))
 
 
 # --------------------------------------------------------------------------- aggregating
@@ -231,33 +335,46 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
 
 
+def several_reconstructors(rows: list[dict]) -> bool:
+    """Whether the sweep's jobs name more than one reconstructor (then keys and tables carry it)."""
+    return len({row.get("reconstructor") for row in rows}) > 1
+
+
 def aggregate(rows: list[dict]) -> dict:
-    """Per (dose, view, split) means and per (dose, view) mean/min/max over the scored jobs."""
+    """Per (dose, view, split) means and per (dose, view) mean/min/max over the scored jobs.
+
+    With several reconstructors the groups are per reconstructor too, and each carries its name.
+    """
+    several = several_reconstructors(rows)
     by_split: dict[tuple, list[dict]] = {}
     by_view: dict[tuple, list[dict]] = {}
     order: list[tuple] = []
     for row in rows:
-        key = (row["dose"], row["view"], row["split"])
+        recon = row.get("reconstructor") if several else None
+        key = (row["dose"], row["view"], row["split"], recon)
         by_split.setdefault(key, [])
-        if (row["dose"], row["view"]) not in by_view:
-            by_view[(row["dose"], row["view"])] = []
-            order.append((row["dose"], row["view"]))
+        if (row["dose"], row["view"], recon) not in by_view:
+            by_view[(row["dose"], row["view"], recon)] = []
+            order.append((row["dose"], row["view"], recon))
         if row["flat"] is not None:
             by_split[key].append(row)
-            by_view[(row["dose"], row["view"])].append(row)
+            by_view[(row["dose"], row["view"], recon)].append(row)
+    named = (lambda doc, recon: {**doc, "reconstructor": recon}) if several else (lambda doc, recon: doc)
     split_docs = []
-    for (dose, view, split), members in by_split.items():
+    for (dose, view, split, recon), members in by_split.items():
         means = {}
         for name in METRICS:
             values = [m["flat"][name] for m in members if m["flat"][name] is not None]
             means[name] = float(np.mean(values)) if values else None
-        split_docs.append({"dose": dose, "view": view, "split": split, "n_scored": len(members), "metrics": means})
+        split_docs.append(named({"dose": dose, "view": view, "split": split, "n_scored": len(members),
+                                 "metrics": means}, recon))
     view_docs = []
-    for dose, view in order:
-        members = by_view[(dose, view)]
+    for dose, view, recon in order:
+        members = by_view[(dose, view, recon)]
         stats = {name: _stats([m["flat"][name] for m in members if m["flat"][name] is not None]) for name in METRICS}
         splits = [s for s in SPLITS if any(m["split"] == s for m in members)]
-        view_docs.append({"dose": dose, "view": view, "n_scored": len(members), "splits": splits, "metrics": stats})
+        view_docs.append(named({"dose": dose, "view": view, "n_scored": len(members), "splits": splits,
+                                "metrics": stats}, recon))
     return {"by_dose_view_split": split_docs, "by_dose_view": view_docs}
 
 
@@ -286,11 +403,13 @@ def fmt(value: Any) -> str:
 def metric_table(summary: dict, markdown: bool) -> str:
     """The per-job metric table (text for stdout, or markdown)."""
     names = table_metric_names(summary["settings"])
-    header = ["job", "status"] + [METRICS[n][1] for n in names]
+    several = several_reconstructors(summary["jobs"])
+    header = ["job"] + (["reconstructor"] if several else []) + ["status"] + [METRICS[n][1] for n in names]
     body = []
     for job in summary["jobs"]:
         flat = job["flat"] or {}
-        body.append([job["job_id"], job["status"]] + [fmt(flat.get(n)) for n in names])
+        body.append([job["job_id"]] + ([fmt(job.get("reconstructor"))] if several else []) + [job["status"]]
+                    + [fmt(flat.get(n)) for n in names])
     return _render(header, body, markdown)
 
 
@@ -308,41 +427,72 @@ def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
 def dose_view_table(summary: dict) -> str:
     """Markdown table of the per (dose, view) means over splits."""
     names = table_metric_names(summary["settings"])
-    header = ["dose", "view", "scored"] + [METRICS[n][1] for n in names]
-    body = [[str(g["dose"]), g["view"], str(g["n_scored"])] + [fmt(g["metrics"][n]["mean"]) for n in names]
+    several = any("reconstructor" in g for g in summary["aggregates"]["by_dose_view"])
+    header = ["dose", "view"] + (["reconstructor"] if several else []) + ["scored"] + [METRICS[n][1] for n in names]
+    body = [[str(g["dose"]), g["view"]] + ([fmt(g.get("reconstructor"))] if several else []) + [str(g["n_scored"])]
+            + [fmt(g["metrics"][n]["mean"]) for n in names]
             for g in summary["aggregates"]["by_dose_view"]]
     return _render(header, body, markdown=True)
 
 
-def comparison_lines(summary: dict) -> list[str]:
-    """Per dose: dense against sparse and baseline against dense (means over splits), as counts.
+def convergence_table(summary: dict) -> str | None:
+    """Markdown: per scored job with checkpoints, epochs run/planned, best epoch, headline at best and final, flags."""
+    rows = [j for j in summary["jobs"] if j.get("convergence")]
+    if not rows:
+        return None
+    conv = summary["settings"].get("convergence") or {}
+    headline = conv.get("headline_metric", "phase_ssim")
+    label = METRICS[headline][1]
+    several = several_reconstructors(summary["jobs"])
+    header = (["job"] + (["reconstructor"] if several else [])
+              + ["epochs run / planned", "checkpoints", "best epoch", f"{label} at best", f"{label} final", "flags"])
+    body = []
+    for job in rows:
+        trace = job["convergence"]
+        best = next((e for e in trace if e["epoch"] == job.get("best_epoch")), None)
+        flags = [label for name, label in (("under_converged", "under-converged"), ("fitting_noise", "fitting noise"))
+                 if job.get(name)]
+        if job.get("stopped_early"):
+            flags.append("stopped early")
+        planned = job.get("epochs_planned")
+        body.append([job["job_id"]] + ([fmt(job.get("reconstructor"))] if several else [])
+                    + [f"{fmt(job.get('epochs'))} / {fmt(planned)}", str(len(trace)), fmt(job.get("best_epoch")),
+                       fmt(best[headline] if best else None), fmt(trace[-1].get(headline)), ", ".join(flags) or "-"])
+    return _render(header, body, markdown=True)
 
-    Each line reports wins, ties and losses over the metrics that could actually be compared (both
-    means present) and uses the verb that is true of them: "beats ... on all N" only when every
-    compared metric favours the first view, "is worse than ... on all N" when none does, otherwise
-    the split counts. A pair with no comparable metric says so instead of claiming anything.
+
+def comparison_lines(summary: dict) -> list[str]:
+    """Per dose (and reconstructor, when several): dense against sparse and baseline against dense.
+
+    Means over splits, as counts. Each line reports wins, ties and losses over the metrics that
+    could actually be compared (both means present) and uses the verb that is true of them:
+    "beats ... on all N" only when every compared metric favours the first view, "is worse than
+    ... on all N" when none does, otherwise the split counts. A pair with no comparable metric says
+    so instead of claiming anything.
     """
-    groups = {(g["dose"], g["view"]): g for g in summary["aggregates"]["by_dose_view"]}
-    doses = sorted({g["dose"] for g in summary["aggregates"]["by_dose_view"]})
+    aggregates = summary["aggregates"]["by_dose_view"]
+    groups = {(g["dose"], g["view"], g.get("reconstructor")): g for g in aggregates}
+    doses = sorted({g["dose"] for g in aggregates})
+    recons = list(dict.fromkeys(g.get("reconstructor") for g in aggregates))
     lines = []
-    for first, second in (("dense", "sparse"), (BASELINE_VIEW, "dense")):
-        for dose in doses:
-            a, b = groups.get((dose, first)), groups.get((dose, second))
-            if not a or not b or not a["n_scored"] or not b["n_scored"]:
+    for (first, second), dose, recon in itertools.product((("dense", "sparse"), (BASELINE_VIEW, "dense")), doses, recons):
+        a, b = groups.get((dose, first, recon)), groups.get((dose, second, recon))
+        if not a or not b or not a["n_scored"] or not b["n_scored"]:
+            continue
+        wins, ties, losses = [], [], []
+        for name in table_metric_names(summary["settings"]):
+            va, vb = a["metrics"][name]["mean"], b["metrics"][name]["mean"]
+            if va is None or vb is None:
                 continue
-            wins, ties, losses = [], [], []
-            for name in table_metric_names(summary["settings"]):
-                va, vb = a["metrics"][name]["mean"], b["metrics"][name]["mean"]
-                if va is None or vb is None:
-                    continue
-                label = METRICS[name][1]
-                if va == vb:
-                    ties.append(label)
-                elif (va > vb) == METRICS[name][2]:
-                    wins.append(label)
-                else:
-                    losses.append(label)
-            lines.append(f"- dose {dose}: {_comparison_text(first, second, wins, ties, losses)}")
+            label = METRICS[name][1]
+            if va == vb:
+                ties.append(label)
+            elif (va > vb) == METRICS[name][2]:
+                wins.append(label)
+            else:
+                losses.append(label)
+        where = f"dose {dose}" + (f", {recon}" if recon is not None else "")
+        lines.append(f"- {where}: {_comparison_text(first, second, wins, ties, losses)}")
     return lines
 
 
@@ -391,6 +541,16 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
     if lines:
         out += ["## Overlap comparison", ""] + lines + [""]
     out += ["## Per job", "", metric_table(summary, markdown=True), ""]
+    table = convergence_table(summary)
+    if table is not None:
+        conv = s.get("convergence") or {}
+        headline = METRICS[conv.get("headline_metric", "phase_ssim")][1]
+        out += ["## Convergence", "",
+                f"Every checkpoint the job kept is scored like the final object. Best epoch: the checkpoint with the "
+                f"best {headline}. Under-converged: {headline} still improved by more than "
+                f"{conv.get('tolerance', CONVERGENCE_TOLERANCE):g} over the last "
+                f"{conv.get('last_fraction', LAST_FRACTION):.0%} of the epochs run; fitting noise: the final value is "
+                f"worse than the best by more than that.", "", table, ""]
     out += ["## Failures", ""]
     if summary["failures"]:
         out += [f"- `{f['job_id']}` {f['status']}"
@@ -468,7 +628,12 @@ class SummaryOutcome:
     seconds: float = 0.0
 
 
-def _figure_panels(outcomes: list[JobOutcome], split: str) -> dict[tuple[int, str], figures.ObjectPanel]:
+def _series(o: JobOutcome, several: bool) -> str:
+    """What a figure's line or column is: the view, or with several reconstructors the view and the reconstructor."""
+    return f"{o.job['view']} {o.reconstructor}" if several and o.reconstructor is not None else o.job["view"]
+
+
+def _figure_panels(outcomes: list[JobOutcome], split: str, several: bool) -> dict[tuple[int, str], figures.ObjectPanel]:
     panels = {}
     for o in outcomes:
         if o.comparison is None or o.job["split"] != split:
@@ -476,32 +641,33 @@ def _figure_panels(outcomes: list[JobOutcome], split: str) -> dict[tuple[int, st
         box, mask = o.comparison.box, o.comparison.mask[o.comparison.box]
         gt, rec = o.gt[box], o.comparison.aligned[box]
         rec_phase = np.angle(gt) + np.angle(rec * np.conj(gt))
-        panels[(o.job["dose"], o.job["view"])] = figures.ObjectPanel(
+        panels[(o.job["dose"], _series(o, several))] = figures.ObjectPanel(
             gt_phase=np.angle(gt), gt_amplitude=np.abs(gt),
             rec_phase=np.where(mask, rec_phase, np.nan), rec_amplitude=np.where(mask, np.abs(rec), np.nan))
     return panels
 
 
 def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> list[Path]:
+    several = several_reconstructors(summary["jobs"])
     doses = sorted({o.job["dose"] for o in outcomes})
-    views = list(dict.fromkeys(o.job["view"] for o in outcomes))
+    views = list(dict.fromkeys(_series(o, several) for o in outcomes))  # a view, or a view and a reconstructor
     paths = []
     for split in SPLITS:
         if not any(o.job["split"] == split for o in outcomes):
             continue
-        panels = _figure_panels(outcomes, split)
-        missing = {(o.job["dose"], o.job["view"]): f"{o.status}" for o in outcomes
+        panels = _figure_panels(outcomes, split, several)
+        missing = {(o.job["dose"], _series(o, several)): f"{o.status}" for o in outcomes
                    if o.job["split"] == split and o.comparison is None}
         for quantity in ("phase", "amplitude"):
             paths.append(figures.object_grid(panels, doses, views, quantity, split,
                                              fig_dir / f"object_{quantity}_{split}.png", missing))
-    rows = [{"dose": j["dose"], "view": j["view"], "split": j["split"], "metrics": j["flat"]}
-            for j in summary["jobs"] if j["flat"] is not None]
+    rows = [{"dose": o.job["dose"], "view": _series(o, several), "split": o.job["split"], "metrics": row["flat"]}
+            for o, row in zip(outcomes, summary["jobs"]) if row["flat"] is not None]
     labels = {name: METRICS[name][1] for name in FIGURE_METRICS}
     paths.append(figures.metrics_vs_dose(rows, views, labels, fig_dir / "metrics_vs_dose.png"))
     curves = []
     for o in outcomes:
-        curve = figures.CurveJob(o.job["dose"], o.job["view"], o.job["split"])
+        curve = figures.CurveJob(o.job["dose"], _series(o, several), o.job["split"])
         if o.comparison is not None:
             curve.frc_frequency = o.comparison.frc.frequency
             curve.frc = o.comparison.frc.frc
@@ -510,10 +676,19 @@ def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> li
         curves.append(curve)
     paths.append(figures.frc_curves(curves, doses, views, fig_dir / "frc_curves.png"))
     paths.append(figures.loss_curves(curves, doses, views, fig_dir / "loss_curves.png"))
+    headline = summary["settings"]["convergence"]["headline_metric"]
+    traces = [figures.ConvergenceTrace(o.job["dose"], _series(o, several), o.job["split"],
+                                       [e["epoch"] for e in row["convergence"]], [e["seconds"] for e in row["convergence"]],
+                                       [e[headline] for e in row["convergence"]])
+              for o, row in zip(outcomes, summary["jobs"]) if row.get("convergence")]
+    if traces:
+        for dose in doses:
+            paths.append(figures.convergence_curves([t for t in traces if t.dose == dose], dose, views,
+                                                    METRICS[headline][1], fig_dir / f"convergence_dose_{dose}.png"))
     return paths
 
 
-def _job_row(o: JobOutcome) -> dict:
+def _job_row(o: JobOutcome, headline: str) -> dict:
     r = o.result or {}
     metric_doc = None
     flat = None
@@ -529,6 +704,10 @@ def _job_row(o: JobOutcome) -> dict:
         "status": o.status, "error": o.error, "n_images": o.job["n_images"], "selection": o.job["selection"],
         "wall_s": r.get("wall_s"), "reconstruction_s": r.get("reconstruction_s"), "epochs": r.get("epochs"),
         "final_loss": _finite(r.get("final_loss")), "device": r.get("device"), "metrics": metric_doc, "flat": flat,
+        "reconstructor": o.reconstructor, "epochs_planned": o.job["num_epochs"],
+        "stopped_early": (o.stop_reason is not None) if o.status == "scored" else None,
+        "stop_reason": o.stop_reason, "convergence": _finite(o.convergence),
+        **convergence_flags(o.convergence, headline),
     }
 
 
@@ -564,7 +743,8 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
         outcomes.append(score_job(job, root, executions.get(job["id"]), settings, pixel_size))
 
     known = {(j["dose"], j["view"], j["split"]) for j in manifest["jobs"]}
-    on_disk = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("dose_*/*/*/result.json"))
+    on_disk = sorted(p.parent.relative_to(root).as_posix()
+                     for pattern in ("dose_*/*/*/result.json", "dose_*/*/*/*/result.json") for p in root.glob(pattern))
     foreign = [jid for jid in on_disk if jid not in {j["id"] for j in manifest["jobs"]}]
     if foreign:
         notes.append(f"job folders not in the manifest, ignored: {', '.join(foreign)}")
@@ -578,13 +758,16 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
             seen.add(key)
             skips.append({"dose": e["dose"], "view": e["view"], "split": e["split"], "reason": e["reason"], "source": source})
 
-    rows = [_job_row(o) for o in outcomes]
+    headline = headline_metric(design.metrics.get("emphasis", "phase"))
+    rows = [_job_row(o, headline) for o in outcomes]
     failures = [{"job_id": o.job["id"], "status": o.status, "returncode": o.returncode, "error": o.error,
                  "log_path": f"{o.job['id']}/ptychi.log"} for o in outcomes if o.status in (*FAILED_STATUSES, "unscored")]
     settings_doc = settings.to_dict()
     settings_doc.update({"emphasis": design.metrics.get("emphasis", "phase"),
                          "report_amplitude": bool(design.metrics.get("report_amplitude", True)),
-                         "metric_names": list(METRICS)})
+                         "metric_names": list(METRICS),
+                         "convergence": {"headline_metric": headline, "last_fraction": LAST_FRACTION,
+                                         "tolerance": CONVERGENCE_TOLERANCE}})
     # Written folders: the one the user named, or <artifact-root>/summary; never through a link inside them.
     out = Path(out_dir) if out_dir is not None else make_confined_dirs(root, "summary", "summary folder")
     summary = {

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from ptydose.core.errors import EngineError
-from ptydose.core.run.engines.control import (
-    MAX_CHECKPOINTS, ChunkLoop, RunControl, StopRule, checkpoint_epochs, plateau_reason)
+from ptydose.core.run.engines.control import MAX_CHECKPOINTS, ChunkLoop, RunControl, StopRule, checkpoint_epochs, plateau_reason
 
 
 def _run(num_epochs: int, chunk: int, losses: np.ndarray, control: RunControl | None, reports: list | None = None):
@@ -16,7 +15,7 @@ def _run(num_epochs: int, chunk: int, losses: np.ndarray, control: RunControl | 
     seconds_per_chunk = 0.5
     for n in loop:
         done = loop.done + n
-        loop.chunk_done(seconds_per_chunk, losses[:done], lambda: np.full((2, 3), done, np.complex128))
+        loop.chunk_done(seconds_per_chunk, losses[:done], lambda done=done: np.full((2, 3), done, np.complex128))
     return loop
 
 

@@ -13,6 +13,7 @@ from ptydose.core.errors import ContractError
 from ptydose.core.geometry import position_origin, window_starts
 from ptydose.core.run.engines import ptychi as ptychi_engine
 from ptydose.core.run.engines.base import EngineInputs, load_inputs
+from ptydose.core.run.engines.control import RunControl, StopRule
 from ptydose.core.run.engines.options import PtychiOptions
 from ptydose.core.run.engines.registry import ENGINES
 from ptydose.core.run.records import Instrument, JobSpec, WorkItem
@@ -138,9 +139,33 @@ def test_ground_truth_never_reaches_the_engine(smoke_data, tmp_path):
         outcome = session.run(item)
         assert outcome.status == "ok", (outcome, (tmp_path / name / "ptychi.log").read_text())
         with np.load(tmp_path / name / "reconstruction.npz", allow_pickle=False) as npz:
-            outputs.append({k: npz[k] for k in ("object", "probe", "positions_x_px", "positions_y_px", "loss_values")})
+            outputs.append({k: npz[k] for k in ("object", "probe", "positions_x_px", "positions_y_px", "loss_values",
+                                                "checkpoint_epochs", "checkpoint_objects")})
     for key in outputs[0]:
         np.testing.assert_array_equal(outputs[0][key], outputs[1][key], err_msg=key)  # bit for bit
+
+
+@pytest.mark.slow
+def test_stopping_rule_ends_a_real_lsqml_run_at_min_epochs_with_bounded_checkpoints(smoke_data):
+    """A rule no run can satisfy stops pty-chi at the first chunk end min_epochs allows, not before.
+
+    12 epochs planned in chunks of 2; threshold 1.0 (the best loss would have to fall by 100 %
+    over 2 epochs) with min_epochs 6: the run ends after epoch 6 with 6 losses. Two checkpoints
+    at most: the chosen epoch 2 and the run's last, which is the returned object.
+    """
+    path = smoke_data["phase_c_root"] / "dose_100000" / "patched_train.npz"
+    inputs = load_inputs(path)
+    rule = StopRule(window_epochs=2, min_relative_improvement=1.0, min_epochs=6)
+    reports = []
+    result = ptychi_engine.PtychiEngine().reconstruct(
+        inputs, "LSQML", 12, dataclasses.replace(OPTIONS, chunk_epochs=2), device="cpu",
+        progress=lambda done, total, loss, s: reports.append(done), control=RunControl(max_checkpoints=2, stop=rule))
+    assert reports == [2, 4, 6]
+    assert len(result.loss_values) == 6 and result.stop_reason.startswith("loss_plateau: the best loss improved by")
+    assert sorted(result.checkpoints) == [2, 6] == sorted(result.checkpoint_seconds)
+    np.testing.assert_array_equal(result.checkpoints[6], result.object)
+    assert 0 < result.checkpoint_seconds[2] < result.checkpoint_seconds[6] == result.reconstruction_s
+    assert all(obj.dtype == np.complex64 and obj.shape == inputs.object_shape for obj in result.checkpoints.values())
 
 
 @pytest.mark.parametrize("shape", [(96, 97), (95, 64), (40, 41)])

@@ -12,10 +12,11 @@ from ptydose.core.errors import EngineError, StudyError
 from ptydose.core.run.backend import Finished, Lost, Progress, Started, event_from_message, event_message
 from ptydose.core.run.dask_backend import slot_of_worker
 from ptydose.core.run.engines.base import EngineResult
+from ptydose.core.run.engines.control import MAX_CHECKPOINTS, RunControl, StopRule
 from ptydose.core.run.engines.options import PtychiOptions, options_mapping, options_record
 from ptydose.core.run.outputs import write_reconstruction_npz
 from ptydose.core.run.records import Outcome
-from ptydose.core.run.worker import FAULT_ENV, fault_for, gpu_for_slot
+from ptydose.core.run.worker import FAULT_ENV, control_argument, fault_for, gpu_for_slot
 
 OPTIONS = {"noise_model": "gaussian", "batch_size": 32, "optimize_probe": True, "probe_update_start_epoch": 1,
            "seed": 123, "chunk_epochs": 4, "wavelength_m": 1.4e-10, "object_pixel_size_m": 1.2e-7}
@@ -82,3 +83,46 @@ def test_reconstruction_npz_holds_checkpoints_when_the_engine_keeps_them(tmp_pat
     with np.load(tmp_path / "checkpoints.npz", allow_pickle=False) as npz:
         np.testing.assert_array_equal(npz["checkpoint_epochs"], [1, 3])
         np.testing.assert_array_equal(npz["checkpoint_objects"], np.stack([obj, 3 * obj]))
+
+
+def test_reconstruction_npz_keeps_checkpoint_seconds_and_refuses_too_many_checkpoints(tmp_path):
+    """checkpoint_seconds follow checkpoint_epochs (NaN where none was recorded); more than the bound is refused."""
+    obj = np.ones((4, 5), np.complex64)
+    base = dict(object=obj, probe=np.ones((3, 3), np.complex64), positions_x_px=np.zeros(2),
+                positions_y_px=np.zeros(2), loss_epochs=np.arange(4), loss_values=np.linspace(1, 0.5, 4),
+                reconstruction_s=0.1)
+    result = EngineResult(**base, checkpoints={4: obj, 2: obj}, checkpoint_seconds={4: 0.25})
+    write_reconstruction_npz(tmp_path / "r.npz", result, {})
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["checkpoint_seconds"], [np.nan, 0.25])
+        assert npz["checkpoint_seconds"].dtype == np.float64
+    many = EngineResult(**base, checkpoints={e: obj for e in range(1, MAX_CHECKPOINTS + 2)})
+    with pytest.raises(EngineError, match=f"kept {MAX_CHECKPOINTS + 1} checkpoints, more than {MAX_CHECKPOINTS}"):
+        write_reconstruction_npz(tmp_path / "many.npz", many, {})
+
+
+class _Job:
+    engine = "command"
+
+    def __init__(self, stopping):
+        self.stopping = stopping
+
+
+class _WithControl:
+    def reconstruct(self, inputs, algorithm, num_epochs, options, *, device, progress=None, control=None):
+        raise AssertionError("not called")
+
+
+class _WithoutControl:
+    def reconstruct(self, inputs, algorithm, num_epochs, options, *, device, progress=None):
+        raise AssertionError("not called")
+
+
+def test_worker_hands_the_stopping_rule_only_to_an_engine_that_can_apply_it():
+    """Engines with a control parameter get checkpoints and the job's rule; others run as before, or refuse a rule."""
+    rule = StopRule(window_epochs=3)
+    assert control_argument(_WithControl(), _Job(rule)) == {"control": RunControl(stop=rule)}
+    assert control_argument(_WithControl(), _Job(None)) == {"control": RunControl()}
+    assert control_argument(_WithoutControl(), _Job(None)) == {}
+    with pytest.raises(EngineError, match=r"^engine command: cannot apply a stopping rule \(loss_plateau\)"):
+        control_argument(_WithoutControl(), _Job(rule))

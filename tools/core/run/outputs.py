@@ -2,9 +2,9 @@
 
 ``reconstruction.npz`` (object, probe, positions, losses, ``_metadata`` JSON string; optional
 checkpoints: ``checkpoint_epochs``, ``checkpoint_objects``, ``checkpoint_seconds``, at most
-:data:`.engines.control.MAX_CHECKPOINTS`; docs/manifests.md), ``losses.csv`` and ``product.h5`` (Ptychodus) are written by the worker, each
-atomically; ``result.json`` only by :mod:`.recording`; ``ptychi.log`` holds everything the job
-printed plus the runner's notes.
+:data:`.engines.control.MAX_CHECKPOINTS`; docs/manifests.md), ``losses.csv`` and ``product.h5``
+(Ptychodus) are written by the worker, each atomically; ``result.json`` only by :mod:`.recording`;
+``ptychi.log`` holds everything the job printed plus the runner's notes.
 
 Atomic writes create a fresh temporary file in the job folder and rename it over the target, so
 a link in a file's place is replaced, never written through; the folder itself is checked first
