@@ -31,9 +31,12 @@ def cli(artifact_root, out_dir, remove_ramp, design_path, erode_px, as_json):
     probe and positions, register the object on objectGuess (sub-pixel), remove the global phase
     offset (and a linear ramp with --remove-ramp), then compute phase and amplitude RMSE, PSNR,
     SSIM and MS-SSIM (sigma from the design), the complex correlation and the FRC with its
-    half-bit resolution. Writes <out>/summary.json (per-job metrics, per (dose, view, split) and
-    (dose, view) aggregates, failures, skips, provenance), <out>/summary.md and <out>/figures/*.png,
-    and prints the metric table. Failed, missing and skipped jobs are reported, not fatal.
+    half-bit resolution. Every object checkpoint a job kept is scored the same way: a convergence
+    trace per job with its best epoch and flags (under-converged, fitting noise), and a
+    convergence figure per dose. Writes <out>/summary.json (per-job metrics and traces, per
+    (dose, view, split) and (dose, view) aggregates -- per reconstructor when there are several --,
+    failures, skips, provenance), <out>/summary.md and <out>/figures/*.png, and prints the metric
+    table. Failed, missing and skipped jobs are reported, not fatal.
     Exit 0 summary written, 1 bad input (not an artifact root, malformed file), 2 usage.
 
     \b
