@@ -110,7 +110,7 @@ def test_a_reconstructors_list_is_a_dimension(smoke_data, tmp_path):
     assert list(jobs) == ["dose_1000/dense/train/lsqml", "dose_1000/dense/train/adam"]
     assert plan.manifest["total_jobs"] == 2 * 12 and plan.skip_summary["skipped_count"] == 2 * 12 - 2
     lsqml, adam = jobs.values()
-    assert (lsqml["engine"], lsqml["num_epochs"], lsqml["engine_options"]["batch_size"]) == ("ptychi", 2, 96)
+    assert (lsqml["engine"], lsqml["num_epochs"], lsqml["engine_options"]["batch_size"]) == ("ptychi", 2, 48)
     assert (adam["engine"], adam["algorithm"], adam["num_epochs"]) == ("cdtools", "ADAM", 3)
     assert adam["engine_options"]["batch_size"] == 8 and adam["engine_options"]["learning_rate"] == 0.05
     assert adam["stopping"] == {"rule": "loss_plateau", "window_epochs": 2, "min_relative_improvement": 0.01,
@@ -174,3 +174,20 @@ def test_three_engines_side_by_side_end_to_end(smoke_data, tmp_path):
         assert (result_json["engine"], result_json["reconstructor"]) == (engine, name)
         assert (tmp_path / "art" / "dose_1000" / "dense" / "train" / name / "reconstruction.npz").is_file()
     assert ENGINES["command"].uses_job_dir
+
+
+def test_an_algorithm_of_another_engine_takes_that_engine(smoke_data, tmp_path):
+    """--algorithm ADAM on a pty-chi design runs CDTools with the design's shared settings; EXTERNAL needs a command."""
+    plan = _plan(smoke_data, Path(smoke_data["design"]), tmp_path / "art", doses=[1000], views=["dense"],
+                 splits=["train"], algorithm="ADAM")
+    (job,) = plan.manifest["jobs"]
+    design = load_design(smoke_data["design"])
+    assert (job["engine"], job["algorithm"], job["reconstructor"]) == ("cdtools", "ADAM", "cdtools_adam")
+    assert job["engine_options"]["chunk_epochs"] == design.reconstruction["chunk_epochs"]
+    assert job["engine_options"]["batch_size"] == ENGINES["cdtools"].recipe("ADAM")["batch_size"]
+    with pytest.raises(DesignError, match=r"reconstruction/command: the command engine needs the program's argv"):
+        _plan(smoke_data, Path(smoke_data["design"]), tmp_path / "art", algorithm="EXTERNAL")
+    # A design naming only the algorithm gets its engine too.
+    rec = {"algorithm": "ADAM", "num_epochs": 3}
+    (only,) = design_reconstructors(load_design(_design(smoke_data, tmp_path, reconstruction=rec)))
+    assert (only.engine, only.num_epochs) == ("cdtools", 3)

@@ -180,8 +180,6 @@ def plan_jobs(
     _check_filter("dose", doses, design.doses, "--dose")
     _check_filter("view", views, design.views, "--view")
     _check_filter("split", splits, design.splits, "--split")
-    if algorithm is not None and design.raw.get("reconstructors") is None:
-        engine_spec(design.reconstruction.get("engine", DEFAULT_ENGINE)).check_algorithm(algorithm)
     all_recs = design_reconstructors(design, algorithm)
     names = [r.name for r in all_recs]
     reconstructors = list(dict.fromkeys(reconstructors)) if reconstructors else None

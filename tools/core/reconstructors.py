@@ -46,6 +46,15 @@ class Reconstructor:
         return f"{engine_spec(self.engine).title} {self.algorithm}"
 
 
+def engine_for(algorithm: str, preferred: str = DEFAULT_ENGINE) -> str:
+    """The engine of ``algorithm`` when a design does not name one: ``preferred`` if it offers it,
+    else the one engine that does (the algorithm names of the engines differ)."""
+    if preferred in ENGINES and algorithm in ENGINES[preferred].algorithms:
+        return preferred
+    offering = [name for name, spec in ENGINES.items() if algorithm in spec.algorithms]
+    return offering[0] if len(offering) == 1 else preferred
+
+
 def default_name(engine: str, algorithm: str) -> str:
     return f"{engine}_{algorithm}".lower()
 
@@ -83,13 +92,17 @@ def design_reconstructors(design: StudyDesign, algorithm: str | None = None) -> 
     block = design.reconstruction
     entries = design.raw.get("reconstructors")
     if entries is None:
-        engine = block.get("engine", DEFAULT_ENGINE)
-        given = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
         own_algorithm = block["algorithm"]
+        engine = block.get("engine") or engine_for(own_algorithm)
+        given = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
         if algorithm is not None and algorithm != own_algorithm:
-            # The design's algorithm-tuned settings were tuned for its own algorithm, not this one.
+            # The design's algorithm-tuned settings were tuned for its own algorithm, not this one;
+            # an algorithm of another engine takes that engine with the settings it understands.
             tuned = ENGINES[engine].tuned_keys() if engine in ENGINES else frozenset()
             given = {k: v for k, v in given.items() if k not in tuned}
+            if engine in ENGINES and algorithm not in ENGINES[engine].algorithms:
+                engine = engine_for(algorithm, engine)
+                given = {k: v for k, v in given.items() if k in ENGINES[engine].settings_keys}
         chosen = algorithm or own_algorithm
         name = block.get("name") or default_name(engine, chosen)
         return [_resolve(design, name, engine, chosen, block["num_epochs"], given, block.get("stopping"),
@@ -104,7 +117,7 @@ def design_reconstructors(design: StudyDesign, algorithm: str | None = None) -> 
         if entry["name"] in seen:
             raise DesignError(f"{design.path}: {where}/name: {entry['name']} is also reconstructors/{seen[entry['name']]}")
         seen[entry["name"]] = i
-        out.append(_resolve(design, entry["name"], entry.get("engine", DEFAULT_ENGINE), entry["algorithm"],
+        out.append(_resolve(design, entry["name"], entry.get("engine") or engine_for(entry["algorithm"]), entry["algorithm"],
                             entry.get("num_epochs", block["num_epochs"]), entry.get("options", {}),
                             entry.get("stopping"), where, f"{where}/options"))
     return out

@@ -175,7 +175,7 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
         package="ptychi",
         # Measured on the shipped design (docs/decisions.md, "pty-chi recipes").
         recipes=MappingProxyType({
-            "LSQML": MappingProxyType({"batch_size": 96}),
+            "LSQML": MappingProxyType({"batch_size": 48}),
             "EPIE": MappingProxyType({"batch_size": 32, "object_alpha": 1.0, "probe_alpha": 1.0}),
             "RPIE": MappingProxyType({"batch_size": 16, "object_alpha": 0.8, "probe_alpha": 0.8}),
             "PIE": MappingProxyType({"batch_size": 1, "object_alpha": 0.1, "probe_alpha": 0.1, "probe_step_size": 0.1}),
