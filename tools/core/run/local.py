@@ -38,11 +38,44 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def threads_per_worker(workers: int) -> int | None:
-    """torch threads per worker: the cores shared out, unless the user set OMP_NUM_THREADS."""
+    """torch threads per worker: the cores shared out, unless the user set OMP_NUM_THREADS.
+
+    This is each worker's ceiling; before every chunk of epochs :func:`.threads.adapt_threads`
+    lowers it to the cores other processes leave free (benchmarks/bench_contention.py).
+    """
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
+
+
+def worker_environment() -> None:
+    """A worker's environment, set before torch is imported in it.
+
+    OpenMP keeps its default wait policy (idle threads spin briefly, then sleep): on a quiet
+    machine that is the fastest (``OMP_WAIT_POLICY=PASSIVE`` was 1.3x slower alone), and the harm
+    spinning does beside a competitor is avoided by running fewer threads instead
+    (:func:`.threads.adapt_threads`). A wait policy or spin count the user set is kept.
+    """
+
+
+def configure_threads(threads: int | None) -> None:
+    """After torch is imported: the worker's thread count and the ceiling adapt_threads keeps under."""
+    import torch
+
+    from .threads import set_thread_ceiling
+
+    if threads:
+        torch.set_num_threads(threads)
+    set_thread_ceiling(threads)
 
 
 def worker_main(conn: Connection, slot: int, device_request: str, threads: int | None,
@@ -52,11 +85,9 @@ def worker_main(conn: Connection, slot: int, device_request: str, threads: int |
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     from .worker import WorkerSession, configure_worker_logging
 
+    worker_environment()
     try:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
+        configure_threads(threads)
         session = WorkerSession(device_request, slot)
         label = session.prepare(engines)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as a start failure
