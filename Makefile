@@ -24,6 +24,9 @@ SMOKE_OUT     ?= tmp/smoke
 PYTEST_ARGS   ?=
 # Scan sizes (positions) bench_scale generates one dose of.
 BENCH_SCALE_PATTERNS ?= 100000 200000
+# Extra arguments of the contention and peer benchmarks (e.g. BENCH_PEER_ARGS='--views dense,baseline').
+BENCH_CONTENTION_ARGS ?=
+BENCH_PEER_ARGS ?=
 
 # Paths may hold spaces: recipes quote them with $(call q,...); file targets escape them with $(call esc,...).
 empty :=
@@ -112,6 +115,8 @@ bench: $(STAMP) ## Benchmarks: ratios measured side by side in one run (not part
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_scale.py --patterns $(BENCH_SCALE_PATTERNS)
+	$(BIN)/python benchmarks/bench_contention.py $(BENCH_CONTENTION_ARGS)
+	$(BIN)/python benchmarks/bench_peer.py $(BENCH_PEER_ARGS)
 
 clean: ## Remove generated data and reports under tmp/ (keeps .venv)
 	find tmp -mindepth 1 -not -name .gitkeep -delete
