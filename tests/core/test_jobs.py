@@ -161,7 +161,7 @@ def test_filtered_out_files_may_be_missing(smoke_data, tmp_path):
     [
         ({"doses": [5]}, "--dose 5: not a dose of the design (choose from 1000, 100000)"),
         ({"views": ["medium"]}, "--view medium: not a view of the design (choose from baseline, dense, sparse)"),
-        ({"algorithm": "SIRT"}, "--algorithm SIRT: not one of LSQML, PIE, EPIE, RPIE, DM"),
+        ({"algorithm": "SIRT"}, "--algorithm SIRT: not one of LSQML, EPIE, RPIE, PIE, ADAM, EXTERNAL"),
     ],
 )
 def test_bad_filters_name_the_flag(smoke_data, tmp_path, kwargs, message):

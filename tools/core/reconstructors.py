@@ -23,7 +23,7 @@ from typing import Any
 from .design import StudyDesign
 from .errors import DesignError, EngineError
 from .run.engines.control import StopRule
-from .run.engines.registry import DEFAULT_ENGINE, ENGINES, engine_spec
+from .run.engines.registry import DEFAULT_ENGINE, ENGINES, all_algorithms, engine_spec
 
 #: Keys of the ``reconstruction`` block that are not engine settings.
 BLOCK_KEYS = ("name", "engine", "algorithm", "num_epochs", "stopping")
@@ -91,6 +91,8 @@ def design_reconstructors(design: StudyDesign, algorithm: str | None = None) -> 
     """
     block = design.reconstruction
     entries = design.raw.get("reconstructors")
+    if algorithm is not None and algorithm not in all_algorithms():
+        raise EngineError(f"--algorithm {algorithm}: not one of {', '.join(all_algorithms())}")
     if entries is None:
         own_algorithm = block["algorithm"]
         engine = block.get("engine") or engine_for(own_algorithm)
