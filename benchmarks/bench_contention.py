@@ -19,8 +19,8 @@ Policies (the job's process set up before torch is imported):
   competitor steals a spinning core and every barrier waits for it), never adapted;
 * ``passive``: today's, with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
 * ``1thread``: one thread (nothing to wait for);
-* ``run-ptychi``: exactly what a run-ptychi worker does now (``local.worker_environment`` before
-  torch, ``local.configure_threads``, and ``threads.adapt_threads`` before every chunk);
+* ``run-ptychi``: exactly what a run-ptychi worker does now (``local.configure_threads``, and
+  ``threads.adapt_threads`` before every chunk);
 * ``run-ptychi+spin10k``: the same with ``GOMP_SPINCOUNT=10000`` (shorter busy-waiting).
 
 Usage: python benchmarks/bench_contention.py [--design plans/fly64_dose_overlap/design.json]
@@ -57,8 +57,6 @@ import json, os, sys
 spec = json.loads(sys.argv[1])
 from ptydose.core.run import local
 from ptydose.core.run.threads import adapt_threads
-if spec["worker_setup"]:
-    local.worker_environment()  # before torch is imported, as in a worker
 import torch
 if spec["worker_setup"]:
     local.configure_threads(local.threads_per_worker(1))

@@ -57,18 +57,13 @@ def threads_per_worker(workers: int) -> int | None:
     return max(1, usable_cores() // workers)
 
 
-def worker_environment() -> None:
-    """A worker's environment, set before torch is imported in it.
-
-    OpenMP keeps its default wait policy (idle threads spin briefly, then sleep): on a quiet
-    machine that is the fastest (``OMP_WAIT_POLICY=PASSIVE`` was 1.3x slower alone), and the harm
-    spinning does beside a competitor is avoided by running fewer threads instead
-    (:func:`.threads.adapt_threads`). A wait policy or spin count the user set is kept.
-    """
-
-
 def configure_threads(threads: int | None) -> None:
-    """After torch is imported: the worker's thread count and the ceiling adapt_threads keeps under."""
+    """After torch is imported: the worker's thread count and the ceiling adapt_threads keeps under.
+
+    OpenMP keeps its default wait policy (idle threads spin briefly, then sleep): alone it is the
+    fastest (``OMP_WAIT_POLICY=PASSIVE`` was 1.3x slower), and the harm spinning does beside a
+    competitor is avoided by running fewer threads instead (benchmarks/bench_contention.py).
+    """
     import torch
 
     from .threads import set_thread_ceiling
@@ -85,7 +80,6 @@ def worker_main(conn: Connection, slot: int, device_request: str, threads: int |
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     from .worker import WorkerSession, configure_worker_logging
 
-    worker_environment()
     try:
         configure_threads(threads)
         session = WorkerSession(device_request, slot)
