@@ -242,10 +242,13 @@ def test_aggregates_per_dose_view_split_and_per_dose_view(summarized):
 def test_summary_markdown_and_figures(summarized):
     """summary.md has the tables, the failure with its error, the skips, the figures and the commands."""
     text = summarized.markdown_path.read_text()
-    for needle in ("## Per (dose, view), mean over splits", "## Per job", FAILED_ERROR,
+    for needle in ("## Per (dose, view): mean ± 95 % CI over replicates × splits", "## Per job", FAILED_ERROR,
                    "`dose_1000/sparse/train`: Phase D NPZ not found", "## Reproduce", "summarize --artifact-root",
                    "plan-jobs --design", "![metrics_vs_dose](figures/metrics_vs_dose.png)",
-                   "dose 100000: baseline beats dense on 8 of 10 compared metrics (tied: FRC"):
+                   "| 1000 | dense | - | 1 | 0.2347 | 15.37 |",
+                   "- dose 1000: baseline vs dense (1 pair): better on 0, worse on 0, not resolved on 10 of 10 metrics",
+                   "- dose 100000: baseline vs dense (2 pairs): better on 7, worse on 0, not resolved on 3 of 10 metrics "
+                   "(not resolved: phase MS-SSIM, FRC half-bit / Nyquist, FRC resolution (px))"):
         assert needle in text, needle
     expected = {"object_phase_train.png", "object_amplitude_train.png", "object_phase_test.png",
                 "object_amplitude_test.png", "metrics_vs_dose.png", "frc_curves.png", "loss_curves.png"}
@@ -521,7 +524,10 @@ def test_stopping_rule_and_reconstructors_reach_the_summary(real_sweep):
     figure = root / "summary" / "figures" / "convergence_dose_100000.png"
     assert figure.read_bytes().startswith(b"\x89PNG")
     markdown = (root / "summary" / "summary.md").read_text()
-    assert "## Convergence" in markdown and "| dose | view | reconstructor | scored |" in markdown
+    assert "## Convergence" in markdown and "| dose | view | reconstructor | overlap | n |" in markdown
+    # One job per reconstructor: one pair, so the reconstructor comparison resolves nothing.
+    assert ("- dose 100000, dense: lsqml vs adam (1 pair): better on 0, worse on 0, not resolved on 10 of 10 metrics"
+            in markdown)
     assert f"| {adam['job_id']} | adam | 4 / 8 | 2 |" in markdown
 
 

@@ -123,12 +123,15 @@ def object_grid(panels: dict[tuple[int, str], ObjectPanel], doses: Sequence[int]
     return _save(fig, path)
 
 
-def metrics_vs_dose(rows: Iterable[dict], views: Sequence[str], metric_labels: dict[str, str], path: Path) -> Path:
-    """One panel per metric: value against dose (log axis), a line per view, style per split.
+def metrics_vs_dose(cells: Iterable[dict], views: Sequence[str], metric_labels: dict[str, str], path: Path,
+                    points: Iterable[dict] = ()) -> Path:
+    """One panel per metric: cell mean against dose (log axis) with its 95 % CI as error bars, a line per view.
 
-    ``rows``: dicts with dose, view, split and ``metrics`` {name: value or None}.
+    ``cells``: dicts with dose, view (the line's name) and ``metrics`` {name: {mean, ci_low, ci_high}}
+    (a cell without an interval is drawn without a bar). ``points``: dicts with dose, view, split
+    and ``metrics`` {name: value}, drawn small and faint (each scored job).
     """
-    rows = list(rows)
+    cells, points = list(cells), list(points)
     names = list(metric_labels)
     n_cols = 3
     n_rows = (len(names) + n_cols - 1) // n_cols
@@ -137,18 +140,29 @@ def metrics_vs_dose(rows: Iterable[dict], views: Sequence[str], metric_labels: d
     colours = _colours(views)
     for ax, name in zip(axes, names):
         for view in views:
-            for split, style in SPLIT_STYLES.items():
-                points = sorted((row["dose"], row["metrics"].get(name)) for row in rows
-                                if row["view"] == view and row["split"] == split and row["metrics"].get(name) is not None)
-                if points:
-                    xs, ys = zip(*points)
-                    ax.plot(xs, ys, style, marker="o", color=colours[view], label=f"{view} {split}")
+            for split, marker in (("train", "^"), ("test", "v")):
+                job_points = [(p["dose"], p["metrics"].get(name)) for p in points
+                              if p["view"] == view and p["split"] == split and p["metrics"].get(name) is not None]
+                if job_points:
+                    xs, ys = zip(*job_points)
+                    ax.plot(xs, ys, marker, color=colours[view], alpha=0.35, markersize=3, linestyle="none")
+            series = sorted((c["dose"], c["metrics"].get(name) or {}) for c in cells if c["view"] == view)
+            series = [(d, s) for d, s in series if s.get("mean") is not None]
+            if not series:
+                continue
+            xs = [d for d, _ in series]
+            ys = [s["mean"] for _, s in series]
+            low = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in series]
+            high = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in series]
+            ax.errorbar(xs, ys, yerr=[low, high], marker="o", color=colours[view], capsize=3, label=view)
         ax.set_xscale("log")
         ax.set_xlabel("dose (photons / exposure)")
         ax.set_title(metric_labels[name], fontsize=9)
         ax.grid(True, alpha=0.3)
     for ax in axes[len(names):]:
         ax.set_visible(False)
+    fig.suptitle("cell mean with 95 % CI (bars) over replicates x splits; faint marks: single jobs "
+                 "(^ train, v test)", fontsize=9)
     _legend(fig, axes)
     return _save(fig, path)
 
@@ -250,4 +264,143 @@ def convergence_curves(traces: Sequence[ConvergenceTrace], dose: int, views: Seq
             ax.text(0.5, 0.5, "no checkpoint scored", ha="center", transform=ax.transAxes)
     fig.suptitle(f"dose {dose:g}: {metric_label} of each checkpoint", fontsize=10)
     _legend(fig, axes)
+    return _save(fig, path)
+
+
+@dataclass
+class PairCurve:
+    """One (dose, view, split) two-reconstruction FRC: the pair-averaged curve and its half-bit threshold."""
+
+    dose: int
+    view: str
+    split: str
+    frequency: np.ndarray
+    frc: np.ndarray
+    threshold: np.ndarray
+
+
+def pair_frc_curves(curves: Sequence[PairCurve], doses: Sequence[int], views: Sequence[str], path: Path) -> Path:
+    """Two-reconstruction FRC per dose, a line per (view, split), its half-bit curve dotted, 0.5 dashed grey."""
+    fig, axes = _per_dose_axes(doses)
+    colours = _colours(views)
+    for ax, dose in zip(axes, doses):
+        drawn = False
+        for curve in curves:
+            if curve.dose != dose:
+                continue
+            colour = colours.get(curve.view, "k")
+            x = np.asarray(curve.frequency) / 0.5
+            ax.plot(x, curve.frc, SPLIT_STYLES.get(curve.split, "-"), color=colour, label=f"{curve.view} {curve.split}")
+            ax.plot(x, curve.threshold, ":", color=colour, linewidth=0.8)
+            drawn = True
+        ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
+        ax.axhline(0, color="0.6", linewidth=0.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.2, 1.05)
+        ax.set_xlabel("spatial frequency / Nyquist")
+        ax.set_ylabel("FRC between two replicates")
+        ax.set_title(f"dose {dose:g} (dotted: half-bit, dashed: 0.5)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "fewer than 2 replicates", ha="center", transform=ax.transAxes)
+    _legend(fig, axes)
+    return _save(fig, path)
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centres: midpoints inside, half a step beyond the ends."""
+    if centres.size == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
+
+
+def dose_overlap_heatmap(doses: Sequence[float], overlaps: Sequence[float], values: np.ndarray, label: str, path: Path,
+                         target: float | None = None, title: str = "") -> Path:
+    """A metric over (log10 dose, measured overlap): cells coloured by value, contour lines, values printed.
+
+    ``values[i, j]``: the cell mean at ``overlaps[i]`` and ``doses[j]`` (NaN where there is none);
+    overlaps ascending. Contours need a grid of >= 2 x 2 distinct overlaps and doses; ``target``
+    (the quality target of this metric) is drawn as a thick contour.
+    """
+    log_dose = np.log10(np.asarray(doses, np.float64))
+    overlap = np.asarray(overlaps, np.float64)
+    values = np.asarray(values, np.float64)
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    masked = np.ma.masked_invalid(values)
+    mesh = ax.pcolormesh(_edges(log_dose), _edges(overlap), masked, cmap="viridis", shading="flat")
+    fig.colorbar(mesh, ax=ax, label=label)
+    finite = values[np.isfinite(values)]
+    distinct = np.all(np.diff(overlap) > 0) and np.all(np.diff(log_dose) > 0)
+    if distinct and values.shape[0] >= 2 and values.shape[1] >= 2 and finite.size and np.ptp(finite) > 0:
+        levels = np.linspace(finite.min(), finite.max(), 7)[1:-1]
+        lines = ax.contour(log_dose, overlap, masked, levels=levels, colors="white", linewidths=0.8)
+        ax.clabel(lines, fontsize=7, fmt="%.3g")
+        if target is not None and finite.min() < target < finite.max():
+            ax.contour(log_dose, overlap, masked, levels=[target], colors="red", linewidths=2.0)
+    for i, y in enumerate(overlap):
+        for j, x in enumerate(log_dose):
+            if np.isfinite(values[i, j]):
+                ax.text(x, y, f"{values[i, j]:.3g}", ha="center", va="center", fontsize=6, color="black",
+                        bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.5, "linewidth": 0})
+    ax.set_xticks(log_dose, [f"{d:g}" for d in doses], fontsize=7)
+    ax.set_xlabel("dose (photons / exposure, log scale)")
+    ax.set_ylabel("measured overlap")
+    ax.set_title(title or label + (f" (red: target {target:g})" if target is not None else ""), fontsize=9)
+    return _save(fig, path)
+
+
+@dataclass
+class MinDosePoint:
+    """The minimum dose reaching Q at one overlap (statistics.minimum_dose's fields)."""
+
+    series: str
+    overlap: float
+    min_dose: float | None
+    status: str
+    dose_low: float | None
+    dose_low_status: str
+    dose_high: float | None
+    dose_high_status: str
+
+
+def min_dose_curve(points: Sequence[MinDosePoint], doses: Sequence[float], target_label: str, path: Path) -> Path:
+    """Minimum dose reaching Q against measured overlap, a line per series, the 95 % range as bars.
+
+    "Not reached" (no studied dose reaches Q) is an upward triangle above the highest dose;
+    "at or below the lowest dose" a downward triangle at the lowest dose; an open range end is
+    drawn to the edge of the studied doses.
+    """
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    lo, hi = float(min(doses)), float(max(doses))
+    ceiling, floor = hi * 2.0, lo / 2.0
+    colours = _colours(list(dict.fromkeys(p.series for p in points)))
+    for series, colour in colours.items():
+        mine = sorted((p for p in points if p.series == series), key=lambda p: p.overlap)
+        line = [(p.overlap, p.min_dose) for p in mine if p.status in ("interpolated", "at_or_below_lowest")]
+        if line:
+            ax.plot(*zip(*line), "-", color=colour, label=series)
+        for p in mine:
+            y = {"interpolated": p.min_dose, "at_or_below_lowest": lo, "not_reached": ceiling}.get(p.status)
+            if y is None:
+                continue
+            marker = {"interpolated": "o", "at_or_below_lowest": "v", "not_reached": "^"}[p.status]
+            ax.plot([p.overlap], [y], marker, color=colour)
+            if p.dose_low_status != "no_interval":
+                bottom = {"interpolated": p.dose_low, "at_or_below_lowest": floor}.get(p.dose_low_status, ceiling)
+                top = {"interpolated": p.dose_high, "at_or_below_lowest": lo}.get(p.dose_high_status, ceiling)
+                ax.plot([p.overlap, p.overlap], [bottom, top], "-", color=colour, alpha=0.5, linewidth=3)
+    ax.axhline(hi, color="0.6", linewidth=0.6, linestyle=":")
+    ax.axhline(lo, color="0.6", linewidth=0.6, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 1.5, ceiling * 1.5)
+    ax.set_xlabel("measured overlap")
+    ax.set_ylabel("minimum dose (photons / exposure)")
+    ax.set_title(f"minimum dose reaching {target_label}\n(bars: 95 % range; ^ not reached within the doses, "
+                 "v reached at the lowest)", fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)

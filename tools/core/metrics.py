@@ -388,22 +388,33 @@ def fourier_ring_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray | 
         frc = np.where(denominator > 0, cross / denominator, 0.0)
     threshold = half_bit_threshold(np.maximum(n_pixels, 1).astype(np.float64))
     frequency = (np.arange(1, n_rings) + 0.5) / length
-    result = FRCResult(frequency=frequency, frc=frc, threshold=threshold, n_pixels=n_pixels)
-    # The crossing is where the FRC first falls below the threshold *after* having been above it:
-    # the lowest rings hold a handful of pixels (a high threshold) and, for weakly overlapping
-    # scans, the phase offsets between barely-linked islands -- a dip there is no resolution limit.
+    crossed, crossing = threshold_crossing(frequency, frc, threshold)
+    return FRCResult(frequency=frequency, frc=frc, threshold=threshold, n_pixels=n_pixels, crossed=crossed,
+                     crossing_frequency=crossing)
+
+
+def threshold_crossing(frequency: np.ndarray, frc: np.ndarray, threshold: np.ndarray | float) -> tuple[bool, float]:
+    """(crossed, frequency) where ``frc`` first falls below ``threshold`` after having been at or above it.
+
+    The lowest rings hold a handful of pixels (a high half-bit threshold) and, for weakly
+    overlapping scans, the phase offsets between barely-linked islands -- a dip there is no
+    resolution limit, so rings below the threshold at the very start are skipped; a curve never at
+    or above it crosses at the first ring. The crossing is interpolated linearly with the ring
+    before it. Never crossed: (False, 0.5), Nyquist.
+    """
+    frc = np.asarray(frc, np.float64)
+    threshold = np.broadcast_to(np.asarray(threshold, np.float64), frc.shape)
     above = np.flatnonzero(frc >= threshold)
     first_above = int(above[0]) if above.size else 0
     below = np.flatnonzero(frc[first_above:] < threshold[first_above:]) + first_above
-    if below.size:
-        i = int(below[0])
-        result.crossed = True
-        result.crossing_frequency = float(frequency[i])
-        if i > 0:
-            d0, d1 = frc[i - 1] - threshold[i - 1], frc[i] - threshold[i]
-            t = d0 / (d0 - d1)  # d0 >= 0 > d1, so 0 <= t < 1
-            result.crossing_frequency = float(frequency[i - 1] + t * (frequency[i] - frequency[i - 1]))
-    return result
+    if not below.size:
+        return False, 0.5
+    i = int(below[0])
+    if i == 0:
+        return True, float(frequency[0])
+    d0, d1 = frc[i - 1] - threshold[i - 1], frc[i] - threshold[i]
+    t = d0 / (d0 - d1)  # d0 >= 0 > d1, so 0 <= t < 1
+    return True, float(frequency[i - 1] + t * (frequency[i] - frequency[i - 1]))
 
 
 # --------------------------------------------------------------------------- the whole comparison
@@ -493,3 +504,74 @@ def compare(rec: np.ndarray, gt: np.ndarray, probe: np.ndarray, xcoords: np.ndar
         },
     }
     return Comparison(metrics=metrics, frc=frc, mask=mask, box=box, aligned=aligned)
+
+
+# --------------------------------------------------------------------------- two reconstructions
+
+
+FRC_FIXED_LEVEL = 0.5  # the fixed level whose crossing still ranks curves that never meet the half-bit one
+
+
+@dataclass
+class PairComparison:
+    """Two reconstructions of one view and split from independent noise draws, compared with each other."""
+
+    frc: FRCResult
+    shift: tuple[float, float]  # applied to the second to align it with the first
+    phase_offset: float  # removed from the second
+    ramp: tuple[float, float] | None
+    mask: np.ndarray
+    box: tuple[slice, slice]
+
+
+def compare_pair(first: np.ndarray, second: np.ndarray, mask: np.ndarray, remove_ramp: bool = False) -> PairComparison:
+    """The two-reconstruction FRC: ``second`` registered on ``first``, never on the ground truth.
+
+    The same rules as the truth-FRC of :func:`compare`, with ``first`` in the truth's place:
+    :func:`register` over ``mask`` (the illuminated region of the input probe and positions, which
+    replicates share), the global phase offset ``angle(sum(second * conj(first)))`` removed (a
+    linear ramp first, with ``remove_ramp``), then :func:`fourier_ring_correlation` of the two on
+    the mask's bounding box weighted by the softened mask. The half-bit threshold is the one
+    defined for two independent noisy reconstructions -- exactly this case.
+    """
+    a = np.asarray(first, np.complex128)
+    b = np.asarray(second, np.complex128)
+    if a.shape != b.shape:
+        raise ValueError(f"reconstruction shapes differ: {a.shape} vs {b.shape}")
+    if not mask.any():
+        raise ValueError("the illuminated mask is empty")
+    shift = register(a, b, mask)
+    aligned = fourier_shift_image(b, shift)
+    ramp = None
+    if remove_ramp:
+        ramp = fit_phase_ramp(aligned, a, mask)
+        aligned = apply_phase_ramp(aligned, ramp)
+    offset = global_phase_offset(aligned, a, mask)
+    aligned = aligned * np.exp(-1j * offset)
+    box = bounding_box(mask)
+    weight = ndimage.gaussian_filter(mask.astype(np.float64), FRC_MASK_SOFTEN_PX)[box]
+    frc = fourier_ring_correlation(a[box], aligned[box], weight)
+    return PairComparison(frc=frc, shift=shift, phase_offset=offset, ramp=ramp, mask=mask, box=box)
+
+
+def frc_measures(frequency: np.ndarray, frc: np.ndarray, threshold: np.ndarray) -> dict:
+    """Resolution-type scalars of one FRC curve.
+
+    ``crossed`` / ``crossing_frequency_cycles_per_px`` / ``fraction_of_nyquist`` / ``resolution_px``:
+    the half-bit crossing (:func:`threshold_crossing`; Nyquist when never crossed). ``integral``:
+    the mean FRC over the rings up to Nyquist -- it moves with every ring, so it ranks curves that
+    never cross. ``crossed_0_5`` / ``frequency_0_5_cycles_per_px`` / ``fraction_of_nyquist_0_5``:
+    where the curve falls below the fixed level 0.5 (same rule).
+    """
+    crossed, crossing = threshold_crossing(frequency, frc, threshold)
+    crossed_half, crossing_half = threshold_crossing(frequency, frc, FRC_FIXED_LEVEL)
+    return {
+        "crossed": crossed,
+        "crossing_frequency_cycles_per_px": crossing,
+        "fraction_of_nyquist": crossing / 0.5,
+        "resolution_px": 1.0 / (2.0 * crossing) if crossing > 0 else None,
+        "integral": float(np.mean(frc)) if len(frc) else 0.0,
+        "crossed_0_5": crossed_half,
+        "frequency_0_5_cycles_per_px": crossing_half,
+        "fraction_of_nyquist_0_5": crossing_half / 0.5,
+    }

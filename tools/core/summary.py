@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from . import figures, metrics
+from . import figures, metrics, statistics
 from .contract import read_contract_npz, read_npz_arrays
 from .design import BASELINE_VIEW, SPLITS, StudyDesign, load_design
 from .errors import ContractError, DesignError, ManifestError, StudyError
@@ -184,10 +184,16 @@ class JobOutcome:
     loss_values: np.ndarray | None = None
     convergence: list[dict] | None = None  # one scored entry per checkpoint (None: the file kept none)
     stop_reason: str | None = None
+    obj: np.ndarray | None = None  # the reconstructed object as written (for the two-reconstruction FRC)
 
     @property
     def key(self) -> tuple[int, str, str]:
         return self.job["dose"], self.job["view"], self.job["split"]
+
+    @property
+    def replicate(self) -> int:
+        """The job's replicate (a manifest job without one is replicate 0)."""
+        return int(self.job.get("replicate", 0))
 
     @property
     def reconstructor(self) -> str | None:
@@ -258,7 +264,7 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
     return JobOutcome(job, "scored", None, result["returncode"], result, comparison,
                       gt=np.asarray(truth["objectGuess"]), loss_epochs=recon["loss_epochs"],
                       loss_values=recon["loss_values"], convergence=convergence,
-                      stop_reason=recon["metadata"].get("stop_reason"))
+                      stop_reason=recon["metadata"].get("stop_reason"), obj=recon["object"])
 
 
 def score_checkpoints(recon: dict, truth: dict, final: metrics.Comparison, settings: metrics.MetricSettings,
@@ -378,6 +384,181 @@ def aggregate(rows: list[dict]) -> dict:
     return {"by_dose_view_split": split_docs, "by_dose_view": view_docs}
 
 
+# --------------------------------------------------------------------------- two-reconstruction FRC
+
+# Flat measures of the two-reconstruction FRC: name -> (key in frc_measures, table label, higher is better).
+PAIR_METRICS: dict[str, tuple[str, str, bool]] = {
+    "pair_frc_fraction_of_nyquist": ("fraction_of_nyquist", "2-recon FRC half-bit / Nyquist", True),
+    "pair_frc_resolution_px": ("resolution_px", "2-recon FRC resolution (px)", False),
+    "pair_frc_integral": ("integral", "2-recon FRC integral", True),
+    "pair_frc_0_5_fraction_of_nyquist": ("fraction_of_nyquist_0_5", "2-recon FRC 0.5 / Nyquist", True),
+}
+#: The headline resolution measure (docs/decisions.md, "Statistics"): the field's half-bit crossing of the
+#: FRC between two independent reconstructions; where it reaches Nyquist the integral still ranks.
+HEADLINE_RESOLUTION = "pair_frc_fraction_of_nyquist"
+
+
+def metric_label(name: str) -> str:
+    return METRICS[name][1] if name in METRICS else PAIR_METRICS[name][1]
+
+
+def higher_is_better(name: str) -> bool:
+    return METRICS[name][2] if name in METRICS else PAIR_METRICS[name][2]
+
+
+def pair_frc_entries(outcomes: list[JobOutcome], remove_ramp: bool) -> list[dict]:
+    """The two-reconstruction FRC of every (dose, view, split, reconstructor) with >= 2 scored replicates.
+
+    Every pair of replicates (i < j) is compared (:func:`metrics.compare_pair`: j registered on i)
+    over the intersection of their illuminated masks (replicates share probe and positions, so the
+    masks are equal); the curves are averaged ring by ring and the measures
+    (:func:`metrics.frc_measures`) taken on the average, with the half-bit threshold of the rings.
+    """
+    groups: dict[tuple, dict[int, JobOutcome]] = {}
+    for o in outcomes:
+        if o.comparison is not None and o.obj is not None:
+            groups.setdefault((o.job["dose"], o.job["view"], o.job["split"], o.reconstructor), {})[o.replicate] = o
+    entries = []
+    for (dose, view, split, recon), members in groups.items():
+        if len(members) < 2:
+            continue
+        replicates = sorted(members)
+        mask = np.logical_and.reduce([members[r].comparison.mask for r in replicates])
+        if not mask.any():
+            continue
+        pairs, curves, frc = [], [], None
+        for i, first in enumerate(replicates):
+            for second in replicates[i + 1:]:
+                pair = metrics.compare_pair(members[first].obj, members[second].obj, mask, remove_ramp)
+                frc = pair.frc
+                curves.append(frc.frc)
+                pairs.append({"replicates": [first, second], "registration_shift_px": [pair.shift[0], pair.shift[1]],
+                              "phase_offset_rad": pair.phase_offset, "frc": frc.frc.tolist(),
+                              **_finite(metrics.frc_measures(frc.frequency, frc.frc, frc.threshold))})
+        mean_curve = np.mean(curves, axis=0)
+        measures = _finite(metrics.frc_measures(frc.frequency, mean_curve, frc.threshold))
+        box = metrics.bounding_box(mask)
+        truth = [members[r].comparison.metrics["frc"] for r in replicates]
+        entries.append({
+            "dose": dose, "view": view, "split": split, "reconstructor": recon, "replicates": replicates,
+            "mask_pixels": int(np.count_nonzero(mask)),
+            "bounding_box": [box[0].start, box[0].stop, box[1].start, box[1].stop],
+            **measures,
+            "rings": {"frequency": frc.frequency.tolist(), "frc": mean_curve.tolist(), "threshold": frc.threshold.tolist(),
+                      "n_pixels": frc.n_pixels.tolist()},
+            "pairs": pairs,
+            "truth_frc": {"fraction_of_nyquist": float(np.mean([f["fraction_of_nyquist"] for f in truth])),
+                          "integral": float(np.mean([f["mean_frc"] for f in truth]))},
+            "flat": {name: measures[key] for name, (key, _, _) in PAIR_METRICS.items()},
+        })
+    return entries
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def view_order(jobs: list[dict]) -> list[str]:
+    """Views, most overlap first: by measured overlap when every view has one, else in order of appearance."""
+    overlaps = view_overlaps(jobs)
+    views = list(overlaps)
+    if views and all(overlaps[v] is not None for v in views):
+        return sorted(views, key=lambda v: -overlaps[v])
+    return views
+
+
+def view_overlaps(jobs: list[dict]) -> dict[str, float | None]:
+    """Per view (in order of appearance): the mean ``selection.measured_overlap`` of its jobs (None when none has one)."""
+    values: dict[str, list[float]] = {}
+    for job in jobs:
+        measured = (job.get("selection") or {}).get("measured_overlap")
+        values.setdefault(job["view"], [])
+        if isinstance(measured, (int, float)) and math.isfinite(measured):
+            values[job["view"]].append(float(measured))
+    return {v: (math.fsum(x) / len(x) if x else None) for v, x in values.items()}
+
+
+def _cell_of(row: dict, several: bool) -> statistics.Cell:
+    return row["dose"], row["view"], row.get("reconstructor") if several else None
+
+
+def _cell_doc(cell: statistics.Cell) -> dict:
+    return {"dose": cell[0], "view": cell[1], "reconstructor": cell[2]}
+
+
+def statistics_doc(jobs: list[dict], pair_entries: list[dict]) -> dict:
+    """summary.json ``statistics``: per-cell intervals and paired comparisons (module statistics).
+
+    ``jobs``: summary job rows (a row without ``replicate`` is replicate 0); ``pair_entries``:
+    :func:`pair_frc_entries`. Unscored jobs count for no metric; the pair measures count once per split.
+    """
+    several = several_reconstructors(jobs)
+    names = list(METRICS) + (list(PAIR_METRICS) if pair_entries else [])
+    entries = [(_cell_of(j, several), statistics.job_unit(j.get("replicate", 0), j["split"]), j["flat"])
+               for j in jobs if j["flat"] is not None]
+    entries += [(_cell_of(p, several), statistics.pair_unit(p["split"]), p["flat"]) for p in pair_entries]
+    units = statistics.collect_units(entries)
+    cells = list(dict.fromkeys(_cell_of(j, several) for j in jobs))
+    per_cell = statistics.cell_statistics(units, names)
+    overlaps = view_overlaps(jobs)
+    cell_docs = []
+    for cell in cells:
+        members = [j for j in jobs if _cell_of(j, several) == cell and j["flat"] is not None]
+        cell_docs.append({**_cell_doc(cell), "overlap": overlaps.get(cell[1]), "n_jobs": len(members),
+                          "replicates": sorted({j.get("replicate", 0) for j in members}),
+                          "splits": [s for s in SPLITS if any(j["split"] == s for j in members)],
+                          "metrics": per_cell.get(cell) or statistics.cell_statistics({cell: {}}, names)[cell]})
+    order = view_order(jobs)
+    directions = {name: higher_is_better(name) for name in names}
+    comparisons = [{"kind": kind, "first": _cell_doc(first), "second": _cell_doc(second),
+                    "metrics": statistics.compare_cells(units, first, second, directions)}
+                   for kind, first, second in statistics.plan_comparisons(cells, order, several)]
+    return {"method": statistics.METHOD, "confidence": statistics.CONFIDENCE, "metric_names": names,
+            "view_order": order, "cells": cell_docs, "comparisons": comparisons}
+
+
+def map_metric_names(emphasis: str, target: dict | None, has_pairs: bool) -> list[str]:
+    """Metrics drawn on the dose x overlap map: the quality target's, then the headline ones."""
+    quantity = "amplitude" if emphasis == "amplitude" else "phase"
+    names = ([target["metric"]] if target else []) + [f"{quantity}_ssim", f"{quantity}_rmse"]
+    names += ["pair_frc_fraction_of_nyquist", "pair_frc_integral"] if has_pairs else ["mean_frc"]
+    return list(dict.fromkeys(names))
+
+
+def dose_overlap_map(stats: dict, target: dict | None, emphasis: str) -> dict | None:
+    """summary.json ``dose_overlap_map``; None unless >= 2 doses and >= 2 views with a measured overlap.
+
+    The axes are the cells' doses and their views' measured overlaps; the values are the cells'
+    statistics (``statistics.cells``). With a quality target, the minimum dose per view and
+    reconstructor (:func:`statistics.minimum_dose`).
+    """
+    cells = [c for c in stats["cells"] if c["overlap"] is not None]
+    doses = sorted({c["dose"] for c in cells})
+    views = {c["view"]: c["overlap"] for c in cells}
+    if len(doses) < 2 or len(views) < 2:
+        return None
+    has_pairs = "pair_frc_integral" in stats["metric_names"]
+    names = [n for n in map_metric_names(emphasis, target, has_pairs) if n in stats["metric_names"]]
+    by_cell = {(c["dose"], c["view"], c["reconstructor"]): c for c in cells}
+    recons = list(dict.fromkeys(c["reconstructor"] for c in cells))
+    minimum = []
+    higher = None
+    if target is not None and target["metric"] in stats["metric_names"]:
+        higher = higher_is_better(target["metric"])
+        for recon in recons:
+            for view, overlap in sorted(views.items(), key=lambda kv: kv[1]):
+                column = [by_cell.get((d, view, recon)) for d in doses]
+                if not any(column):
+                    continue
+                found = statistics.minimum_dose(doses, [c["metrics"][target["metric"]] if c else None for c in column],
+                                                float(target["value"]), higher)
+                minimum.append({"view": view, "reconstructor": recon, "overlap": overlap, **found})
+    return {"quality_target": target, "higher_is_better": higher, "metrics": names, "doses": doses,
+            "views": [{"view": v, "overlap": o} for v, o in sorted(views.items(), key=lambda kv: kv[1])],
+            "min_dose": minimum,
+            "method": "cell means interpolated linearly in log10(dose) between the two doses that bracket Q; "
+                      "range: the same crossing on the CI bound curves (optimistic: dose_low, pessimistic: dose_high)"}
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -424,17 +605,6 @@ def _render(header: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def dose_view_table(summary: dict) -> str:
-    """Markdown table of the per (dose, view) means over splits."""
-    names = table_metric_names(summary["settings"])
-    several = any("reconstructor" in g for g in summary["aggregates"]["by_dose_view"])
-    header = ["dose", "view"] + (["reconstructor"] if several else []) + ["scored"] + [METRICS[n][1] for n in names]
-    body = [[str(g["dose"]), g["view"]] + ([fmt(g.get("reconstructor"))] if several else []) + [str(g["n_scored"])]
-            + [fmt(g["metrics"][n]["mean"]) for n in names]
-            for g in summary["aggregates"]["by_dose_view"]]
-    return _render(header, body, markdown=True)
-
-
 def convergence_table(summary: dict) -> str | None:
     """Markdown: per scored job with checkpoints, epochs run/planned, best epoch, headline at best and final, flags."""
     rows = [j for j in summary["jobs"] if j.get("convergence")]
@@ -463,6 +633,9 @@ def convergence_table(summary: dict) -> str | None:
 
 def comparison_lines(summary: dict) -> list[str]:
     """Per dose (and reconstructor, when several): dense against sparse and baseline against dense.
+
+    Point estimates only (a tally of means, no uncertainty): summary.md reports the paired verdicts
+    of :func:`comparison_sections` instead.
 
     Means over splits, as counts. Each line reports wins, ties and losses over the metrics that
     could actually be compared (both means present) and uses the verb that is true of them:
@@ -515,6 +688,142 @@ def _comparison_text(first: str, second: str, wins: list[str], ties: list[str], 
             f"compared {metric_word} ({detail})")
 
 
+def fmt_interval(stat: dict | None) -> str:
+    """``mean ± half-width`` (four significant digits; the mean alone when n < 2; '-' when none)."""
+    if not stat or stat.get("mean") is None:
+        return "-"
+    if stat.get("half_width") is None:
+        return fmt(stat["mean"])
+    return f"{fmt(stat['mean'])} ± {fmt(stat['half_width'])}"
+
+
+def _shown_metrics(summary: dict, stats: dict) -> list[str]:
+    names = table_metric_names(summary["settings"])
+    return names + [n for n in PAIR_METRICS if n in stats["metric_names"]]
+
+
+def cell_table(summary: dict, stats: dict) -> str:
+    """Markdown: per cell, its overlap, n and mean ± CI half-width of each shown metric."""
+    names = _shown_metrics(summary, stats)
+    several = any(c["reconstructor"] is not None for c in stats["cells"])
+    header = (["dose", "view"] + (["reconstructor"] if several else []) + ["overlap", "n"]
+              + [metric_label(n) for n in names])
+    body = []
+    for c in stats["cells"]:
+        n = max((c["metrics"][name]["n"] for name in METRICS if name in c["metrics"]), default=0)
+        body.append([str(c["dose"]), c["view"]] + ([fmt(c["reconstructor"])] if several else [])
+                    + [fmt(c["overlap"]), str(n)] + [fmt_interval(c["metrics"].get(name)) for name in names])
+    return _render(header, body, markdown=True)
+
+
+def _where(first: dict, second: dict, kind: str) -> str:
+    if kind == "view":
+        return f"dose {first['dose']}" + (f", {first['reconstructor']}" if first["reconstructor"] else "")
+    if kind == "dose":
+        return first["view"] + (f", {first['reconstructor']}" if first["reconstructor"] else "")
+    return f"dose {first['dose']}, {first['view']}"
+
+
+def _side(cell: dict, kind: str) -> str:
+    return {"view": cell["view"], "dose": f"dose {cell['dose']}", "reconstructor": cell["reconstructor"]}[kind]
+
+
+VERDICT_SHORT = {statistics.BETTER: "better", statistics.WORSE: "worse", statistics.NOT_RESOLVED: "n.r."}
+
+
+def comparison_sections(summary: dict, stats: dict) -> list[str]:
+    """Markdown lines: per kind of comparison, a verdict line per comparison and a table of differences."""
+    names = [n for n in _shown_metrics(summary, stats)]
+    out = []
+    titles = {"view": "Views at each dose (denser first)", "dose": "Doses per view (higher first)",
+              "reconstructor": "Reconstructors per cell"}
+    for kind, title in titles.items():
+        chosen = [c for c in stats["comparisons"] if c["kind"] == kind]
+        if not chosen:
+            continue
+        out += [f"### {title}", ""]
+        rows = []
+        for comp in chosen:
+            first, second = comp["first"], comp["second"]
+            label = f"{_side(first, kind)} vs {_side(second, kind)}"
+            by_verdict: dict[str, list[str]] = {v: [] for v in VERDICT_SHORT}
+            for name in names:
+                by_verdict[comp["metrics"][name]["verdict"]].append(metric_label(name))
+            n_pairs = max((comp["metrics"][name]["n"] for name in names), default=0)
+            text = (f"better on {len(by_verdict['better'])}, worse on {len(by_verdict['worse'])}, not resolved on "
+                    f"{len(by_verdict['not resolved'])} of {len(names)} metrics")
+            if 0 < len(by_verdict["not resolved"]) < len(names):
+                text += f" (not resolved: {', '.join(by_verdict['not resolved'])})"
+            out.append(f"- {_where(first, second, kind)}: {label} ({n_pairs} {'pair' if n_pairs == 1 else 'pairs'}): {text}")
+            rows.append([_where(first, second, kind), label, str(n_pairs)]
+                        + [f"{fmt_interval(comp['metrics'][n])} {VERDICT_SHORT[comp['metrics'][n]['verdict']]}"
+                           for n in names])
+        out += ["", _render(["where", "first vs second", "pairs"] + [metric_label(n) for n in names], rows, True), ""]
+    return out
+
+
+def pair_frc_table(summary: dict) -> str | None:
+    """Markdown: the two-reconstruction FRC per (dose, view, split, reconstructor), truth-FRC beside it."""
+    entries = summary.get("pair_frc") or []
+    if not entries:
+        return None
+    several = any(e["reconstructor"] is not None for e in entries)
+    header = (["dose", "view", "split"] + (["reconstructor"] if several else [])
+              + ["replicates", "half-bit / Nyquist", "resolution (px)", "integral", "0.5 / Nyquist",
+                 "truth-FRC half-bit / Nyquist", "truth-FRC integral"])
+    body = []
+    for e in entries:
+        crossing = fmt(e["fraction_of_nyquist"]) + ("" if e["crossed"] else " (not crossed)")
+        body.append([str(e["dose"]), e["view"], e["split"]] + ([fmt(e["reconstructor"])] if several else [])
+                    + [", ".join(map(str, e["replicates"])), crossing, fmt(e["resolution_px"]), fmt(e["integral"]),
+                       fmt(e["fraction_of_nyquist_0_5"]), fmt(e["truth_frc"]["fraction_of_nyquist"]),
+                       fmt(e["truth_frc"]["integral"])])
+    return _render(header, body, markdown=True)
+
+
+def _dose_text(dose: float | None, status: str, doses: list[int]) -> str:
+    if status == "interpolated":
+        return f"{dose:.3g}"
+    if status == "at_or_below_lowest":
+        return f"≤ {doses[0]:g}"
+    if status == "not_reached":
+        return f"not reached (> {doses[-1]:g})"
+    return "-" if status == "no_data" else "no interval (n < 2)"
+
+
+def map_section(summary: dict) -> list[str]:
+    """Markdown lines of the dose x overlap map: what is drawn and the minimum dose per overlap."""
+    doc = summary.get("dose_overlap_map")
+    if not doc:
+        return []
+    out = ["## Dose × overlap map", "",
+           f"Heatmaps over (dose, measured overlap) of {', '.join(metric_label(n) for n in doc['metrics'])} "
+           f"(`figures/map_<metric>.png`, cell means, contour lines).", ""]
+    target = doc["quality_target"]
+    if not target:
+        return out + ["No quality target in the design (`metrics.quality_target`): no minimum-dose curve.", ""]
+    sense = "≥" if doc["higher_is_better"] else "≤"
+    out += [f"Minimum dose reaching {metric_label(target['metric'])} {sense} {target['value']:g}: the cell means "
+            "interpolated linearly in log dose between the two doses that bracket the target; the range is the "
+            "same crossing on the 95 % CI bounds (optimistic bound → low end, pessimistic → high end). "
+            "\"not reached\": no studied dose reaches it (the minimum lies above the highest dose).", ""]
+    several = any(m["reconstructor"] is not None for m in doc["min_dose"])
+    header = ["view"] + (["reconstructor"] if several else []) + ["overlap", "minimum dose", "range (95 % CI)"]
+    body = []
+    for m in doc["min_dose"]:
+        low = _dose_text(m["dose_low"], m["dose_low_status"], doc["doses"])
+        high = _dose_text(m["dose_high"], m["dose_high_status"], doc["doses"])
+        span = low if m["dose_low_status"] == "no_interval" else f"{low} … {high}"
+        body.append([m["view"]] + ([fmt(m["reconstructor"])] if several else [])
+                    + [fmt(m["overlap"]), _dose_text(m["min_dose"], m["status"], doc["doses"]), span])
+    return out + [_render(header, body, markdown=True), ""]
+
+
+def _skip_id(skip: dict) -> str:
+    base = job_id(skip["dose"], skip["view"], skip["split"])
+    return f"{base}/rep{skip['replicate']}" if skip.get("replicate") else base
+
+
 def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: str = "figures/",
                     include_provenance: bool = True) -> str:
     """summary.md (and, with other options, docs/results.md) from a summary document."""
@@ -536,10 +845,30 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
     out.append("Every reconstruction starts from a flat object and the true probe (`probeGuess`, refined when the "
                "design says so) at the exact scan positions (not refined): the baseline measures the algorithm "
                "against dose and overlap, not its robustness to a wrong probe or positions.")
-    out += ["", "## Per (dose, view), mean over splits", "", dose_view_table(summary), ""]
-    lines = comparison_lines(summary)
-    if lines:
-        out += ["## Overlap comparison", ""] + lines + [""]
+    stats = summary.get("statistics") or statistics_doc(summary["jobs"], summary.get("pair_frc") or [])
+    out += ["", "## Per (dose, view): mean ± 95 % CI over replicates × splits", "",
+            "Each cell: mean ± half-width of the 95 % Student t interval over its n scored units (replicate × split; "
+            "the two-reconstruction FRC counts once per split); a value without ± has n = 1. Formula: "
+            "docs/manifests.md, \"Uncertainty and comparisons\".", "", cell_table(summary, stats), ""]
+    comparisons = comparison_sections(summary, stats)
+    if comparisons:
+        out += ["## Paired comparisons", "",
+                "Differences first − second over the units both cells scored (same replicate and split), mean ± "
+                "95 % t half-width. Verdict per metric: better / worse when the interval excludes 0 (oriented by "
+                "the metric's direction), not resolved (n.r.) when it contains 0 or fewer than 2 pairs exist.", ""]
+        out += comparisons
+    pair_table = pair_frc_table(summary)
+    if pair_table is not None:
+        out += ["## Resolution: two-reconstruction FRC", "",
+                "FRC between the reconstructions of two replicates (independent Poisson draws) of the same view and "
+                "split, the second registered on the first, global phase removed, half-bit threshold; every pair of "
+                "replicates averaged ring by ring. Headline resolution: its half-bit crossing (fraction of Nyquist; "
+                "1 = not crossed, resolution at least the pixel); the integral (mean FRC up to Nyquist) and the 0.5 "
+                "crossing still rank where it does not cross. The truth-FRC (against the noise-free object) stays "
+                "beside it, averaged over the replicates.", "", pair_table, ""]
+    map_lines = map_section(summary)
+    if map_lines:
+        out += map_lines
     out += ["## Per job", "", metric_table(summary, markdown=True), ""]
     table = convergence_table(summary)
     if table is not None:
@@ -562,7 +891,7 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
         out += ["", "Not run yet: " + ", ".join(f"`{j}`" for j in summary["not_run"]) + "."]
     out += ["", "## Skipped", ""]
     if summary["skips"]:
-        out += [f"- `{job_id(k['dose'], k['view'], k['split'])}`: {k['reason']}" for k in summary["skips"]]
+        out += [f"- `{_skip_id(k)}`: {k['reason']}" for k in summary["skips"]]
     else:
         out.append("None.")
     if summary["notes"]:
@@ -648,25 +977,29 @@ def _figure_panels(outcomes: list[JobOutcome], split: str, several: bool) -> dic
 
 
 def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> list[Path]:
+    """Every figure of the summary; single-job figures (objects, curves, convergence) show replicate 0."""
     several = several_reconstructors(summary["jobs"])
     doses = sorted({o.job["dose"] for o in outcomes})
     views = list(dict.fromkeys(_series(o, several) for o in outcomes))  # a view, or a view and a reconstructor
+    first = [o for o in outcomes if o.replicate == 0]
     paths = []
     for split in SPLITS:
-        if not any(o.job["split"] == split for o in outcomes):
+        if not any(o.job["split"] == split for o in first):
             continue
-        panels = _figure_panels(outcomes, split, several)
-        missing = {(o.job["dose"], _series(o, several)): f"{o.status}" for o in outcomes
+        panels = _figure_panels(first, split, several)
+        missing = {(o.job["dose"], _series(o, several)): f"{o.status}" for o in first
                    if o.job["split"] == split and o.comparison is None}
         for quantity in ("phase", "amplitude"):
             paths.append(figures.object_grid(panels, doses, views, quantity, split,
                                              fig_dir / f"object_{quantity}_{split}.png", missing))
-    rows = [{"dose": o.job["dose"], "view": _series(o, several), "split": o.job["split"], "metrics": row["flat"]}
-            for o, row in zip(outcomes, summary["jobs"]) if row["flat"] is not None]
+    points = [{"dose": o.job["dose"], "view": _series(o, several), "split": o.job["split"], "metrics": row["flat"]}
+              for o, row in zip(outcomes, summary["jobs"]) if row["flat"] is not None]
+    stats = summary["statistics"]
+    cells = [{"dose": c["dose"], "view": _cell_series(c, several), "metrics": c["metrics"]} for c in stats["cells"]]
     labels = {name: METRICS[name][1] for name in FIGURE_METRICS}
-    paths.append(figures.metrics_vs_dose(rows, views, labels, fig_dir / "metrics_vs_dose.png"))
+    paths.append(figures.metrics_vs_dose(cells, views, labels, fig_dir / "metrics_vs_dose.png", points))
     curves = []
-    for o in outcomes:
+    for o in first:
         curve = figures.CurveJob(o.job["dose"], _series(o, several), o.job["split"])
         if o.comparison is not None:
             curve.frc_frequency = o.comparison.frc.frequency
@@ -676,15 +1009,61 @@ def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> li
         curves.append(curve)
     paths.append(figures.frc_curves(curves, doses, views, fig_dir / "frc_curves.png"))
     paths.append(figures.loss_curves(curves, doses, views, fig_dir / "loss_curves.png"))
+    if summary["pair_frc"]:
+        pair_curves = [figures.PairCurve(e["dose"], _cell_series(e, several), e["split"], np.asarray(e["rings"]["frequency"]),
+                                         np.asarray(e["rings"]["frc"]), np.asarray(e["rings"]["threshold"]))
+                       for e in summary["pair_frc"]]
+        paths.append(figures.pair_frc_curves(pair_curves, doses, views, fig_dir / "pair_frc_curves.png"))
     headline = summary["settings"]["convergence"]["headline_metric"]
     traces = [figures.ConvergenceTrace(o.job["dose"], _series(o, several), o.job["split"],
                                        [e["epoch"] for e in row["convergence"]], [e["seconds"] for e in row["convergence"]],
                                        [e[headline] for e in row["convergence"]])
-              for o, row in zip(outcomes, summary["jobs"]) if row.get("convergence")]
+              for o, row in zip(outcomes, summary["jobs"]) if row.get("convergence") and o.replicate == 0]
     if traces:
         for dose in doses:
             paths.append(figures.convergence_curves([t for t in traces if t.dose == dose], dose, views,
                                                     METRICS[headline][1], fig_dir / f"convergence_dose_{dose}.png"))
+    if summary["dose_overlap_map"]:
+        paths += draw_map(summary["dose_overlap_map"], stats, fig_dir)
+    return paths
+
+
+def _cell_series(cell: dict, several: bool) -> str:
+    return f"{cell['view']} {cell['reconstructor']}" if several and cell.get("reconstructor") is not None else cell["view"]
+
+
+def draw_map(doc: dict, stats: dict, fig_dir: Path) -> list[Path]:
+    """map_<metric>.png per drawn metric (and reconstructor) and min_dose_vs_overlap.png with a quality target."""
+    paths = []
+    doses = doc["doses"]
+    views = doc["views"]  # ascending overlap
+    by_cell = {(c["dose"], c["view"], c["reconstructor"]): c for c in stats["cells"]}
+    recons = list(dict.fromkeys(c["reconstructor"] for c in stats["cells"] if c["overlap"] is not None))
+    target = doc["quality_target"]
+    for recon in recons:
+        suffix = f"_{recon}" if len(recons) > 1 and recon is not None else ""
+        for name in doc["metrics"]:
+            values = np.full((len(views), len(doses)), np.nan)
+            for i, v in enumerate(views):
+                for j, d in enumerate(doses):
+                    cell = by_cell.get((d, v["view"], recon))
+                    mean = cell["metrics"][name]["mean"] if cell else None
+                    if mean is not None:
+                        values[i, j] = mean
+            level = float(target["value"]) if target and target["metric"] == name else None
+            title = metric_label(name) + (f", {recon}" if suffix else "") + " (cell means)"
+            paths.append(figures.dose_overlap_heatmap(doses, [v["overlap"] for v in views], values, metric_label(name),
+                                                      fig_dir / f"map_{name}{suffix}.png", level, title))
+    if target and doc["min_dose"]:
+        sense = "≥" if doc["higher_is_better"] else "≤"
+        points = [figures.MinDosePoint(m["view"] if m["reconstructor"] is None else m["reconstructor"], m["overlap"],
+                                       m["min_dose"], m["status"], m["dose_low"], m["dose_low_status"], m["dose_high"],
+                                       m["dose_high_status"]) for m in doc["min_dose"]]
+        for p in points:  # one line per reconstructor; a single one is named by the target
+            if len(recons) == 1:
+                p.series = f"{metric_label(target['metric'])} {sense} {target['value']:g}"
+        paths.append(figures.min_dose_curve(points, doses, f"{metric_label(target['metric'])} {sense} {target['value']:g}",
+                                            fig_dir / "min_dose_vs_overlap.png"))
     return paths
 
 
@@ -701,7 +1080,8 @@ def _job_row(o: JobOutcome, headline: str) -> dict:
         flat = flat_metrics(o.comparison.metrics)
     return {
         "job_id": o.job["id"], "dose": o.job["dose"], "view": o.job["view"], "split": o.job["split"],
-        "status": o.status, "error": o.error, "n_images": o.job["n_images"], "selection": o.job["selection"],
+        "replicate": o.replicate, "status": o.status, "error": o.error, "n_images": o.job["n_images"],
+        "selection": o.job["selection"],
         "wall_s": r.get("wall_s"), "reconstruction_s": r.get("reconstruction_s"), "epochs": r.get("epochs"),
         "final_loss": _finite(r.get("final_loss")), "device": r.get("device"), "metrics": metric_doc, "flat": flat,
         "reconstructor": o.reconstructor, "epochs_planned": o.job["num_epochs"],
@@ -734,7 +1114,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
                                       erode_px, notes)
     view_order = {v: i for i, v in enumerate(design.views)}
     jobs = sorted(manifest["jobs"], key=lambda j: (j["dose"], view_order.get(j["view"], len(view_order)), j["view"],
-                                                    SPLITS.index(j["split"])))
+                                                    SPLITS.index(j["split"]), j.get("replicate", 0)))
     executions = {e["job_id"]: e for e in manifest["execution_results"]}
     pixel_size = manifest["instrument"]["object_pixel_size_m"]
     outcomes = []
@@ -742,9 +1122,10 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
         log.info("scoring %s", job["id"])
         outcomes.append(score_job(job, root, executions.get(job["id"]), settings, pixel_size))
 
-    known = {(j["dose"], j["view"], j["split"]) for j in manifest["jobs"]}
+    known = {(j["dose"], j["view"], j["split"], j.get("replicate", 0)) for j in manifest["jobs"]}
     on_disk = sorted(p.parent.relative_to(root).as_posix()
-                     for pattern in ("dose_*/*/*/result.json", "dose_*/*/*/*/result.json") for p in root.glob(pattern))
+                     for pattern in ("dose_*/*/*/result.json", "dose_*/*/*/*/result.json",
+                                                     "dose_*/*/*/*/*/result.json") for p in root.glob(pattern))
     foreign = [jid for jid in on_disk if jid not in {j["id"] for j in manifest["jobs"]}]
     if foreign:
         notes.append(f"job folders not in the manifest, ignored: {', '.join(foreign)}")
@@ -752,14 +1133,23 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     for source, entries in (("skip_summary", skip_doc["skipped_jobs"] if skip_doc else []),
                             ("missing_jobs", manifest["missing_jobs"])):
         for e in entries:
-            key = (e["dose"], e["view"], e["split"], e["reason"])
-            if key in seen or (e["dose"], e["view"], e["split"]) in known:
+            replicate = e.get("replicate", 0)
+            key = (e["dose"], e["view"], e["split"], replicate, e["reason"])
+            if key in seen or key[:4] in known:
                 continue
             seen.add(key)
-            skips.append({"dose": e["dose"], "view": e["view"], "split": e["split"], "reason": e["reason"], "source": source})
+            skips.append({"dose": e["dose"], "view": e["view"], "split": e["split"], "replicate": replicate,
+                          "reason": e["reason"], "source": source})
 
     headline = headline_metric(design.metrics.get("emphasis", "phase"))
     rows = [_job_row(o, headline) for o in outcomes]
+    pairs = pair_frc_entries(outcomes, remove_ramp)
+    stats = statistics_doc(rows, pairs)
+    target = design.metrics.get("quality_target")
+    if target is not None and target.get("metric") not in stats["metric_names"]:
+        notes.append(f"quality target metric {target.get('metric')!r} is not among this sweep's metrics "
+                     f"({', '.join(stats['metric_names'])}); no minimum-dose curve")
+    overlap_map = dose_overlap_map(stats, target, design.metrics.get("emphasis", "phase"))
     failures = [{"job_id": o.job["id"], "status": o.status, "returncode": o.returncode, "error": o.error,
                  "log_path": f"{o.job['id']}/ptychi.log"} for o in outcomes if o.status in (*FAILED_STATUSES, "unscored")]
     settings_doc = settings.to_dict()
@@ -779,6 +1169,9 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
                    "not_run": sum(o.status == "not_run" for o in outcomes), "skipped": len(skips)},
         "jobs": rows,
         "aggregates": aggregate(rows),
+        "statistics": stats,
+        "pair_frc": pairs,
+        "dose_overlap_map": overlap_map,
         "failures": failures,
         "not_run": [o.job["id"] for o in outcomes if o.status == "not_run"],
         "skips": skips,
