@@ -172,6 +172,88 @@ def build_sweep(base: Path, design_path: Path) -> Path:
     return root
 
 
+def _engine_options() -> dict:
+    return {"noise_model": "gaussian", "batch_size": 8, "optimize_probe": True, "probe_update_start_epoch": 1,
+            "seed": 123, "chunk_epochs": 2, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8}
+
+
+def build_crafted_sweep(base: Path, design_path: Path, doses: tuple[int, ...], views: dict[str, tuple[float, float | None]],
+                        replicates: int = 1, twins: dict[str, str] | None = None, seed: int = 5) -> Path:
+    """A sweep whose jobs all ran ok, built in the artifact layout (replicate r >= 1 under rep<r>).
+
+    ``views``: view -> (noise sigma at dose 1000, measured overlap recorded in its selection);
+    each reconstruction is the ground truth shifted by a random sub-pixel amount, times a random
+    phase factor, plus complex Gaussian noise of sigma / sqrt(dose / 1000) (independent per job).
+    ``twins``: view -> an earlier view whose input and reconstructions it copies exactly (only the
+    identity metadata differs), so the two are identical by construction.
+    """
+    from ptydose.core.jobs import input_path, job_id, run_command
+
+    design = load_design(design_path)
+    twins = twins or {}
+    gt = _band_limited_object(seed=11)
+    c_root, d_root, root = base / "phase_c", base / "phase_d", base / "phase_f"
+    root.mkdir(parents=True)
+    jobs, executions = [], []
+    rng = np.random.default_rng(seed)
+    objects: dict[tuple, np.ndarray] = {}
+    for replicate in range(replicates):
+        for dose in doses:
+            for view, (sigma0, overlap) in views.items():
+                for split in ("train", "test"):
+                    jid = job_id(dose, view, split, None, replicate)
+                    path = input_path(view, dose, split, c_root, d_root, replicate)
+                    layout = "baseline" if view == "baseline" else "dense"  # every other position off baseline
+                    _write_input(path, gt, dose, layout, split)
+                    n = _positions(split, layout)[0].size
+                    job = {"id": jid, "dose": dose, "view": view, "split": split, "input_npz": str(path),
+                           "input_sha256": _sha(path), "n_images": n, "output_dir": str(root / jid), "algorithm": "LSQML",
+                           "num_epochs": 4, "engine_options": _engine_options(),
+                           "selection": {**_selection(layout, n), "measured_overlap": overlap},
+                           "command": run_command(root / "reconstruction_manifest.json", jid)}
+                    if replicates > 1:
+                        job["replicate"] = replicate
+                    jobs.append(job)
+                    folder = root / jid
+                    folder.mkdir(parents=True)
+                    (folder / "ptychi.log").write_text("log\n")
+                    result = _result(job, "ok", None)
+                    write_json(folder / "result.json", result, "job_result")
+                    executions.append({"job_id": jid, "dose": dose, "view": view, "split": split, "status": "ok",
+                                       "returncode": 0, "error": None, "log_path": str(folder / "ptychi.log"),
+                                       "result_path": str(folder / "result.json"), "wall_s": 1.5,
+                                       "reconstruction_s": result["reconstruction_s"], "epochs": result["epochs"],
+                                       "final_loss": result["final_loss"], "device": "cpu", "finished": result["finished"],
+                                       "resumed": False, "selection": job["selection"]})
+                    if view in twins:
+                        obj = objects[(replicate, dose, twins[view], split)]
+                    else:
+                        sigma = sigma0 / np.sqrt(dose / 1000)
+                        noise = sigma * (rng.standard_normal((M, M)) + 1j * rng.standard_normal((M, M)))
+                        obj = (_shift(gt, tuple(rng.uniform(-0.8, 0.8, 2))) * np.exp(1j * rng.uniform(-3, 3))
+                               + noise).astype(np.complex64)
+                    objects[(replicate, dose, view, split)] = obj
+                    epochs = np.arange(1, 5, dtype=np.int64)
+                    np.savez(folder / "reconstruction.npz", object=obj, probe=_probe(),
+                             positions_x_px=_positions(split, layout)[0], positions_y_px=_positions(split, layout)[1],
+                             loss_epochs=epochs, loss_values=(1.0 / epochs).astype(np.float64),
+                             _metadata=np.array(json.dumps({"job_id": jid, "input_sha256": job["input_sha256"],
+                                                            "options_hash": options_hash(job)})))
+    manifest = {
+        "schema_version": "1.0", "jobs": jobs, "total_jobs": len(jobs), "filtered_jobs": len(jobs), "missing_jobs": [],
+        "execution_results": executions,
+        "instrument": {"photon_energy_eV": 8800.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 7.5e-5,
+                       "exposure_time_s": 0.1, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
+        "provenance": {"design": str(design_path), "design_name": design.name, "design_hash": design.design_hash,
+                       "phase_c_root": str(c_root), "phase_d_root": str(d_root), "artifact_root": str(root),
+                       "filters": {"doses": None, "views": None, "splits": None}, "allow_missing_phase_d": False,
+                       "spacing_thresholds": design.spacing_thresholds, "created": "2026-01-01T00:00:00+00:00",
+                       "tool": "plan-jobs", "tool_version": "0"},
+    }
+    write_json(root / "reconstruction_manifest.json", manifest, "reconstruction_manifest")
+    return root
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, smoke_design_path) -> Path:
     return build_sweep(tmp_path_factory.mktemp("sweep"), smoke_design_path)

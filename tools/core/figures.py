@@ -388,6 +388,9 @@ def min_dose_curve(points: Sequence[MinDosePoint], doses: Sequence[float], targe
                 continue
             marker = {"interpolated": "o", "at_or_below_lowest": "v", "not_reached": "^"}[p.status]
             ax.plot([p.overlap], [y], marker, color=colour)
+            if p.status == "not_reached":
+                ax.annotate("not reached", (p.overlap, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=colour)
             if p.dose_low_status != "no_interval":
                 bottom = {"interpolated": p.dose_low, "at_or_below_lowest": floor}.get(p.dose_low_status, ceiling)
                 top = {"interpolated": p.dose_high, "at_or_below_lowest": lo}.get(p.dose_high_status, ceiling)
