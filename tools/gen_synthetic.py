@@ -21,14 +21,19 @@ def summary_lines(result: GenerationResult) -> list[str]:
         f"test {result.n_positions['test']}; probe diameter nominal {probe['nominal_diameter_px']:g} px, "
         f"measured {probe['measured_diameter_px']:g} px"
     )
-    header = f"{'dose':>7} {'view':<9} {'split':<5} {'n':>5} {'selection':<9} {'overlap':>7} " \
-             f"{'nominal':>9} {'expected':>10} {'measured':>10}  file"
+    # The replicate column appears only when the design has several, so a one-draw design prints
+    # the table it always did.
+    several = result.design.replicates > 1
+    header = f"{'dose':>7} {'rep':>3} " if several else f"{'dose':>7} "
+    header += f"{'view':<9} {'split':<5} {'n':>5} {'selection':<9} {'overlap':>7} " \
+              f"{'nominal':>9} {'expected':>10} {'measured':>10}  file"
     lines.append(header)
     for f in result.files:
         sel = f["selection"]
         overlap = "-" if sel["measured_overlap"] is None else f"{sel['measured_overlap']:.3f}"
+        lead = f"{f['dose']:>7} {f.get('replicate', 0):>3} " if several else f"{f['dose']:>7} "
         lines.append(
-            f"{f['dose']:>7} {f['view']:<9} {f['split']:<5} {f['n_images']:>5} {sel['selection_strategy']:<9} "
+            f"{lead}{f['view']:<9} {f['split']:<5} {f['n_images']:>5} {sel['selection_strategy']:<9} "
             f"{overlap:>7} {f['dose']:>9} {f['expected_mean_counts']:>10.1f} "
             f"{f['measured_mean_counts']:>10.1f}  {f['root']}/{f['path']}"
         )
@@ -56,9 +61,12 @@ def cli(design, phase_c_root, phase_d_root, doses, force, as_json, progress):
 
     One object, probe and scan per study; per dose an independent seeded Poisson draw of
     pty-chi's own forward model, streamed to disk in batches (no whole-scan array is held in
-    memory). Writes dataset_index.json in each root, updated as each dose is finished. An
-    unchanged design with its files present (sha256 checked) regenerates nothing, so a rerun
-    after an interruption resumes at the first unfinished dose.
+    memory). A design with "replicates": K draws K independent replicates per dose: replicate 0
+    in dose_<d>/ as without replicates, replicate r in dose_<d>/rep<r>/. A view given as
+    {"target_overlap": x} gets the spacing whose selection measures closest to x (refused when
+    not within 0.02). Writes dataset_index.json in each root, updated as each dose (replicate) is
+    finished. An unchanged design with its files present (sha256 checked) regenerates nothing,
+    so a rerun after an interruption resumes at the first unfinished dose.
 
     \b
     Example:

@@ -24,6 +24,8 @@ from .core.run.engines.registry import all_algorithms
 @click.option("--view", "views", multiple=True, help="Only this view: baseline, dense, sparse ... (repeatable).")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "test"]),
               help="Only this split (repeatable).")
+@click.option("--replicate", "replicates", multiple=True, type=click.IntRange(min=0),
+              help="Only this replicate of a design with several (0 is the first; repeatable).")
 @click.option("--allow-missing-phase-d", is_flag=True,
               help="Skip jobs whose view NPZ is missing instead of failing.")
 @click.option("--algorithm", type=click.Choice(all_algorithms()), default=None,
@@ -36,12 +38,14 @@ from .core.run.engines.registry import all_algorithms
 @verbose_option
 @version_option("plan-jobs")
 @fail_on_study_error
-def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, splits, allow_missing_phase_d,
-        algorithm, reconstructors, num_epochs, as_json):
-    """Plan every dose x view x split (x reconstructor) reconstruction job of a study design.
+def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, splits, replicates,
+        allow_missing_phase_d, algorithm, reconstructors, num_epochs, as_json):
+    """Plan every dose x view x split x replicate (x reconstructor) reconstruction job of a study design.
 
     Baseline jobs read Phase C (<phase-c-root>/dose_<d>/patched_<split>.npz), overlap views read
-    Phase D (<phase-d-root>/dose_<d>/<view>/<view>_<split>.npz). Writes
+    Phase D (<phase-d-root>/dose_<d>/<view>/<view>_<split>.npz); replicate r >= 1 of a design with
+    "replicates" reads dose_<d>/rep<r>/... and runs in <artifact-root>/dose_<d>/<view>/<split>/rep<r>/.
+    Writes
     <artifact-root>/reconstruction_manifest.json (the jobs, each with its input sha256, output
     folder, options and the exact run-ptychi command) and <artifact-root>/skip_summary.json (jobs
     filtered out or missing, with reasons). Replanning keeps the execution results of jobs that
@@ -58,7 +62,7 @@ def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, sp
     """
     plan = write_plan(plan_jobs(
         design_path, phase_c_root, phase_d_root, artifact_root,
-        doses=doses or None, views=views or None, splits=splits or None,
+        doses=doses or None, views=views or None, splits=splits or None, replicates=replicates or None,
         allow_missing_phase_d=allow_missing_phase_d, algorithm=algorithm, num_epochs=num_epochs,
         reconstructors=reconstructors or None,
     ))
@@ -74,7 +78,8 @@ def cli(design_path, phase_c_root, phase_d_root, artifact_root, doses, views, sp
     for job in manifest["jobs"]:
         click.echo(f"{job['id']}\t{job['selection']['n_accepted']} positions\t{job['input_npz']}")
     for skip in skips["skipped_jobs"]:
+        rep = f"/rep{skip['replicate']}" if skip.get("replicate") else ""
         rec = f"/{skip['reconstructor']}" if skip.get("reconstructor") else ""
-        click.echo(f"skipped dose_{skip['dose']}/{skip['view']}/{skip['split']}{rec}: {skip['reason']}", err=True)
+        click.echo(f"skipped dose_{skip['dose']}/{skip['view']}/{skip['split']}{rep}{rec}: {skip['reason']}", err=True)
     click.echo(f"{manifest['filtered_jobs']} of {manifest['total_jobs']} jobs planned, {skips['skipped_count']} "
                f"skipped ({skips['missing_phase_d_count']} missing Phase D) -> {plan.manifest_path}", err=True)

@@ -17,6 +17,12 @@ SPLITS = ("train", "test")
 BASELINE_VIEW = "baseline"
 #: Design sections that do not change the generated data (see StudyDesign.data_hash).
 NOT_DATA_KEYS = ("name", "description", "reconstruction", "reconstructors", "metrics")
+#: Design keys left out of both hashes: the replicate count adds files but changes none, so raising
+#: it keeps replicate 0 (and every result made from it) byte for byte valid.
+NOT_HASHED_KEYS = ("replicates",)
+#: A view selected by a target overlap must measure within this of the target (absolute overlap
+#: fraction); a target the scan cannot reach that closely is refused (see overlap.select_view_for_overlap).
+TARGET_OVERLAP_TOLERANCE = 0.02
 #: Bytes per object pixel that generating the data needs at its peak (the complex64 object, the
 #: float64 fields and FFT buffers it is built from): a design whose object cannot fit is refused
 #: up front instead of failing (or swapping) deep inside numpy.
@@ -38,6 +44,25 @@ def spacing_threshold(overlap_fraction: float, probe_diameter_px: float) -> floa
 def dose_key(dose: float) -> str:
     """Folder name of a dose: ``dose_1000``."""
     return f"dose_{int(round(dose))}"
+
+
+def replicate_key(replicate: int) -> str:
+    """Folder (and job id level) of a replicate r >= 1: ``rep1``; replicate 0 has none."""
+    if replicate < 1:
+        raise ValueError(f"replicate {replicate} has no folder (replicate 0 is the dose's own)")
+    return f"rep{int(replicate)}"
+
+
+def data_relpath(view: str, dose: int, split: str, replicate: int = 0) -> str:
+    """A data file's path inside its root: ``dose_<d>/[rep<r>/]patched_<split>.npz`` (baseline, Phase C)
+    or ``dose_<d>/[rep<r>/]<view>/<view>_<split>.npz`` (an overlap view, Phase D).
+
+    Replicate 0 has no ``rep`` level, so a design without replicates keeps its layout.
+    """
+    base = dose_key(dose) + (f"/{replicate_key(replicate)}" if replicate else "")
+    if view == BASELINE_VIEW:
+        return f"{base}/patched_{split}.npz"
+    return f"{base}/{view}/{view}_{split}.npz"
 
 
 def canonical_json(doc: Any) -> str:
@@ -70,8 +95,30 @@ class StudyDesign:
         return int(rows), int(cols)
 
     @property
-    def overlap_views(self) -> dict[str, float]:
+    def overlap_views(self) -> dict[str, float | dict]:
+        """View name -> overlap fraction f, or ``{"target_overlap": x}`` for a view selected by overlap."""
         return dict(self.raw["overlap_views"])
+
+    @property
+    def target_overlaps(self) -> dict[str, float]:
+        """The views specified by their target measured overlap: name -> target."""
+        return {view: float(spec["target_overlap"]) for view, spec in self.raw["overlap_views"].items()
+                if isinstance(spec, dict)}
+
+    @property
+    def replicates(self) -> int:
+        """K independent Poisson draws per dose (1 when the design does not say)."""
+        return int(self.raw.get("replicates", 1))
+
+    @property
+    def replicate_numbers(self) -> list[int]:
+        return list(range(self.replicates))
+
+    @property
+    def quality_target(self) -> dict | None:
+        """``{"metric": ..., "value": ...}``: the quality Q of the minimum-dose curve (None when unset)."""
+        target = self.raw["metrics"].get("quality_target")
+        return None if target is None else dict(target)
 
     @property
     def views(self) -> list[str]:
@@ -116,9 +163,10 @@ class StudyDesign:
     def design_hash(self) -> str:
         """sha256 of the canonical JSON of the design and of the files it names (probe NPZ, image).
 
-        Key order and whitespace do not matter; a changed measured probe or object image does.
+        Key order and whitespace do not matter; a changed measured probe or object image does. The
+        replicate count does not count (NOT_HASHED_KEYS): replicate 0 stays the same data.
         """
-        return self._hash(self.raw)
+        return self._hash({k: v for k, v in self.raw.items() if k not in NOT_HASHED_KEYS})
 
     @property
     def data_hash(self) -> str:
@@ -127,7 +175,7 @@ class StudyDesign:
 
         Reconstruction or metric settings may change between plans of the same data; this may not.
         """
-        return self._hash({k: v for k, v in self.raw.items() if k not in NOT_DATA_KEYS})
+        return self._hash({k: v for k, v in self.raw.items() if k not in NOT_DATA_KEYS + NOT_HASHED_KEYS})
 
     def _hash(self, doc: dict) -> str:
         digest = hashlib.sha256(canonical_json(doc).encode())
@@ -161,11 +209,23 @@ class StudyDesign:
         }
 
 
+def _check_overlap_views(raw: dict, source: str) -> None:
+    """Fraction in [0, 1), target overlap in [0, 1]: named precisely, before the schema's vaguer oneOf."""
+    views = raw.get("overlap_views")
+    if not isinstance(views, dict):
+        return
+    for view, spec in views.items():
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool) and not (0.0 <= spec < 1.0):
+            raise DesignError(f"{source}: overlap_views/{view}: {spec} is not in [0, 1)")
+        if isinstance(spec, dict):
+            target = spec.get("target_overlap")
+            if isinstance(target, (int, float)) and not isinstance(target, bool) and not (0.0 <= target <= 1.0):
+                raise DesignError(f"{source}: overlap_views/{view}/target_overlap: {target} is not in [0, 1]")
+
+
 def _check_rules(raw: dict, source: str) -> None:
     """Rules the schema cannot express; each error names the field."""
-    for view, f in raw["overlap_views"].items():
-        if not (0.0 <= f < 1.0):
-            raise DesignError(f"{source}: overlap_views/{view}: {f} is not in [0, 1)")
+    _check_overlap_views(raw, source)
     for i, dose in enumerate(raw["doses"]):
         if abs(dose - round(dose)) > 1e-9:
             raise DesignError(f"{source}: doses/{i}: {dose} is not a whole number of photons")
@@ -206,17 +266,16 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
     if not isinstance(raw, dict):
         raise DesignError(f"{source}: (root): expected a JSON object")
     # Rules that name a field precisely come first where the schema's message is vaguer.
-    if isinstance(raw.get("overlap_views"), dict):
-        for view, f in raw["overlap_views"].items():
-            if isinstance(f, (int, float)) and not isinstance(f, bool) and not (0.0 <= f < 1.0):
-                raise DesignError(f"{source}: overlap_views/{view}: {f} is not in [0, 1)")
+    _check_overlap_views(raw, source)
     errors = validation_errors(raw, "study_design")
     if errors:
         json_path, message = errors[0]
         raise DesignError(f"{source}: {json_path}: {message}")
     _check_rules(raw, source)
     diameter = float(raw["overlap_reference"]["probe_diameter_px"])
-    thresholds = {view: spacing_threshold(f, diameter) for view, f in raw["overlap_views"].items()}
+    # Views given by a target overlap get their spacing per split from the scan (overlap.py).
+    thresholds = {view: spacing_threshold(f, diameter) for view, f in raw["overlap_views"].items()
+                  if not isinstance(f, dict)}
     design = StudyDesign(raw=raw, path=path.resolve(), spacing_thresholds=thresholds)
     probe = raw["probe"]
     if "npz" in probe and not design.resolve(probe["npz"]).is_file():

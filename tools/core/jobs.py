@@ -1,4 +1,4 @@
-"""Planning reconstruction jobs: every dose x view x split of a design, filtered, with inputs hashed.
+"""Planning reconstruction jobs: every dose x view x split x replicate of a design, filtered, with inputs hashed.
 
 ``plan_jobs`` turns a design and the two data roots into the ``reconstruction_manifest`` and the
 ``skip_summary`` documents (schemas in ``schemas/``); ``write_plan`` writes them into the
@@ -22,7 +22,7 @@ from typing import IO
 
 from .. import __version__
 from .contract import read_contract_npz
-from .design import BASELINE_VIEW, StudyDesign, canonical_json, dose_key, load_design
+from .design import BASELINE_VIEW, StudyDesign, canonical_json, data_relpath, dose_key, load_design, replicate_key
 from .errors import ContractError, ManifestError, StudyError
 from .fileio import remove_stale_temporaries, sha256_file
 from .manifests import read_json, write_json
@@ -48,17 +48,20 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def job_id(dose: int, view: str, split: str, reconstructor: str | None = None) -> str:
-    """``dose_1000/dense/train`` (``.../<reconstructor>`` in a study of several): also the job folder."""
+def job_id(dose: int, view: str, split: str, reconstructor: str | None = None, replicate: int = 0) -> str:
+    """``dose_1000/dense/train``, then ``/rep<r>`` for replicate r >= 1, then ``/<reconstructor>`` in a
+    study of several: also the job folder. Replicate 0 has no level, so a one-draw study keeps its ids."""
     base = f"{dose_key(dose)}/{view}/{split}"
+    if replicate:
+        base = f"{base}/{replicate_key(replicate)}"
     return f"{base}/{reconstructor}" if reconstructor else base
 
 
-def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_root: Path) -> Path:
-    """Where a job's input lives: baseline in Phase C, overlap views in Phase D."""
-    if view == BASELINE_VIEW:
-        return phase_c_root / dose_key(dose) / f"patched_{split}.npz"
-    return phase_d_root / dose_key(dose) / view / f"{view}_{split}.npz"
+def input_path(view: str, dose: int, split: str, phase_c_root: Path, phase_d_root: Path, replicate: int = 0) -> Path:
+    """Where a job's input lives: baseline in Phase C, overlap views in Phase D (replicate r >= 1 in
+    the dose's ``rep<r>`` folder)."""
+    root = phase_c_root if view == BASELINE_VIEW else phase_d_root
+    return root / data_relpath(view, dose, split, replicate)
 
 
 def options_hash(job: dict) -> str:
@@ -128,13 +131,16 @@ def _check_filter(name: str, given: Sequence | None, allowed: Sequence, flag: st
             raise StudyError(f"{flag} {value}: not a {name} of the design (choose from {', '.join(map(str, allowed))})")
 
 
-def _filter_reason(dose: int, view: str, split: str, doses, views, splits) -> str | None:
+def _filter_reason(dose: int, view: str, split: str, doses, views, splits, replicate: int = 0,
+                   replicates=None) -> str | None:
     if doses and dose not in doses:
         return "filtered out by --dose " + " ".join(str(d) for d in doses)
     if views and view not in views:
         return "filtered out by --view " + " ".join(views)
     if splits and split not in splits:
         return "filtered out by --split " + " ".join(splits)
+    if replicates and replicate not in replicates:
+        return "filtered out by --replicate " + " ".join(str(r) for r in replicates)
     return None
 
 
@@ -163,8 +169,13 @@ def plan_jobs(
     algorithm: str | None = None,
     num_epochs: int | None = None,
     reconstructors: Iterable[str] | None = None,
+    replicates: Iterable[int] | None = None,
 ) -> Plan:
-    """Build (not write) the manifest and skip summary for every dose x view x split (x reconstructor) of a design.
+    """Build (not write) the manifest and skip summary for every dose x view x split x replicate
+    (x reconstructor) of a design.
+
+    Jobs are ordered replicate first (all of replicate 0, then replicate 1, ...), so a run stopped
+    midway has finished whole draws of the study, then dose, view, split and reconstructor.
 
     A selected job whose Phase C (baseline) file is missing is always an error; a missing Phase D
     (view) file is an error listing every missing file unless ``allow_missing_phase_d``, in which
@@ -180,6 +191,9 @@ def plan_jobs(
     _check_filter("dose", doses, design.doses, "--dose")
     _check_filter("view", views, design.views, "--view")
     _check_filter("split", splits, design.splits, "--split")
+    replicates = sorted({int(r) for r in replicates}) if replicates else None
+    _check_filter("replicate", replicates, design.replicate_numbers, "--replicate")
+    several = design.replicates > 1  # skip entries name their replicate only then (like reconstructors)
     all_recs = design_reconstructors(design, algorithm)
     names = [r.name for r in all_recs]
     reconstructors = list(dict.fromkeys(reconstructors)) if reconstructors else None
@@ -195,20 +209,25 @@ def plan_jobs(
     skipped: list[dict] = []
     missing: list[dict] = []
     missing_phase_c: list[Path] = []
-    cells = [(dose, view, split) for dose in design.doses for view in design.views for split in design.splits]
+    cells = [(dose, view, split, r) for r in design.replicate_numbers for dose in design.doses
+             for view in design.views for split in design.splits]
     total = len(cells) * len(all_recs)
+
+    def cell_entry(dose: int, view: str, split: str, r: int) -> dict:
+        return {"dose": dose, "view": view, "split": split, **({"replicate": r} if several else {})}
+
     for rec in all_recs:
         if rec not in recs:
-            skipped.extend({"dose": d, "view": v, "split": s, "reconstructor": rec.name,
-                            "reason": "filtered out by --reconstructor " + " ".join(reconstructors)} for d, v, s in cells)
-    for dose, view, split in cells:
-        entry = {"dose": dose, "view": view, "split": split}
-        reason = _filter_reason(dose, view, split, doses, views, splits)
+            skipped.extend({**cell_entry(*cell), "reconstructor": rec.name,
+                            "reason": "filtered out by --reconstructor " + " ".join(reconstructors)} for cell in cells)
+    for dose, view, split, r in cells:
+        entry = cell_entry(dose, view, split, r)
+        reason = _filter_reason(dose, view, split, doses, views, splits, r, replicates)
         if reason:
-            skipped.extend({**entry, **({"reconstructor": r.name} if level else {}), "reason": reason}
-                           for r in recs)
+            skipped.extend({**entry, **({"reconstructor": rec.name} if level else {}), "reason": reason}
+                           for rec in recs)
             continue
-        path = input_path(view, dose, split, phase_c, phase_d)
+        path = input_path(view, dose, split, phase_c, phase_d, r)
         if not path.is_file():
             if view == BASELINE_VIEW:
                 missing_phase_c.append(path)
@@ -225,16 +244,19 @@ def plan_jobs(
                 f"{path}: _metadata/data_hash: made from other data settings than {design.path.name} "
                 f"(expected {design.data_hash[:12]}, found {meta['data_hash'][:12]}): regenerate it with "
                 f"gen-synthetic, or plan with the design that made it")
+        if meta.get("replicate", 0) != r:
+            raise StudyError(f"{path}: _metadata/replicate: the file is replicate {meta.get('replicate', 0)}, "
+                             f"its folder says {r} (regenerate it with gen-synthetic)")
         n_images = meta.get("n_images")
         if not isinstance(n_images, int) or n_images < 1:
             raise ContractError(f"{path}: _metadata/n_images: expected a positive integer, got {n_images!r}")
         if path not in hashes:
             hashes[path] = sha256_file(path)
         for rec in recs:
-            the_id = job_id(dose, view, split, rec.name if level else None)
+            the_id = job_id(dose, view, split, rec.name if level else None, r)
             job = {
                 "id": the_id,
-                **entry,
+                "dose": dose, "view": view, "split": split, "replicate": r,
                 "input_npz": str(path),
                 "input_sha256": hashes[path],
                 "n_images": n_images,
@@ -276,9 +298,12 @@ def plan_jobs(
             "phase_c_root": str(phase_c),
             "phase_d_root": str(phase_d),
             "artifact_root": str(artifacts),
-            "filters": {"doses": doses, "views": views, "splits": splits, "reconstructors": reconstructors},
+            "filters": {"doses": doses, "views": views, "splits": splits, "reconstructors": reconstructors,
+                        **({"replicates": replicates} if several else {})},
             "allow_missing_phase_d": bool(allow_missing_phase_d),
             "spacing_thresholds": dict(design.spacing_thresholds),
+            **({"replicates": design.replicates} if several else {}),
+            **({"target_overlaps": design.target_overlaps} if design.target_overlaps else {}),
             "created": now,
             "tool": "plan-jobs",
             "tool_version": __version__,
@@ -361,7 +386,7 @@ def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bo
 
     The layout rule matters because the roots are the manifest's own claim: a manifest saying
     ``phase_c_root: "/"`` must still not make a job read ``/etc/passwd``; it may name only
-    ``/dose_<d>/patched_<split>.npz``.
+    ``/dose_<d>/patched_<split>.npz`` (``/dose_<d>/rep<r>/patched_<split>.npz`` for its replicate r >= 1).
 
     ``at_its_artifact_root`` also requires the manifest to sit in its planned artifact root with
     the job folders under it (run-ptychi writes there); summarize, which may read a copied sweep,
@@ -377,13 +402,14 @@ def check_manifest_paths(manifest: dict, path: Path, *, at_its_artifact_root: bo
         if job["id"] in seen:
             raise ManifestError(f"{path}: jobs/{i}/id: duplicate job {job['id']}")
         seen.add(job["id"])
-        if job["id"] not in (job_id(job["dose"], job["view"], job["split"]),
-                             job_id(job["dose"], job["view"], job["split"], job.get("reconstructor"))):
-            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split/reconstructor")
+        replicate = job.get("replicate", 0)  # a job of an older manifest is replicate 0
+        if job["id"] not in (job_id(job["dose"], job["view"], job["split"], None, replicate),
+                             job_id(job["dose"], job["view"], job["split"], job.get("reconstructor"), replicate)):
+            raise ManifestError(f"{path}: jobs/{i}/id: {job['id']} does not match dose/view/split/replicate/reconstructor")
         root = roots[BASELINE_VIEW] if job["view"] == BASELINE_VIEW else roots["view"]
         if not Path(job["input_npz"]).is_absolute() or not _inside(Path(job["input_npz"]), root):
             raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is outside {root}")
-        layout = input_path(job["view"], job["dose"], job["split"], roots[BASELINE_VIEW], roots["view"])
+        layout = input_path(job["view"], job["dose"], job["split"], roots[BASELINE_VIEW], roots["view"], replicate)
         if job["input_npz"] != str(layout):
             raise ManifestError(f"{path}: jobs/{i}/input_npz: {job['input_npz']} is not the job's input "
                                 f"{layout} (inputs follow the data layout of their root)")

@@ -7,6 +7,9 @@
   spacing). ``direct`` when the split already satisfies the spacing.
 * Measured overlap: the mean, over accepted positions, of the area overlap of two discs of
   diameter ``D`` (normalised by the disc area) with each of the K nearest accepted neighbours.
+* A view given by a target overlap keeps one seeded visiting order and bisects the spacing ``S``
+  in ``[0, D]`` (the measured overlap falls from the full split's at ``S = 0`` to exactly 0 at
+  ``S = D``); of every spacing tried, the one whose selection measures closest to the target wins.
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ class Selection:
     acceptance_rate: float
     measured_overlap: float | None
     neighbours: int
+    target_overlap: float | None = None  # set for a view selected by its target overlap
 
     def figures(self) -> dict:
         doc = asdict(self)
         doc.pop("indices")
+        if doc["target_overlap"] is None:  # views given by a fraction record what they always did
+            doc.pop("target_overlap")
         return doc
 
 
@@ -102,13 +108,16 @@ def select_view(
     split_xy = coords_yx[split_scan_indices]
     n = len(split_scan_indices)
     if threshold <= 0 or min_spacing(split_xy) >= threshold:
-        local = np.arange(n)
-        strategy = "direct"
-    else:
-        if rng is None:
-            raise ValueError("a greedy selection needs a seeded generator")
-        local = greedy_min_spacing(split_xy, threshold, rng.permutation(n))
-        strategy = "greedy"
+        return _selection(split_scan_indices, split_xy, np.arange(n), "direct", threshold, diameter, neighbours)
+    if rng is None:
+        raise ValueError("a greedy selection needs a seeded generator")
+    local = greedy_min_spacing(split_xy, threshold, rng.permutation(n))
+    return _selection(split_scan_indices, split_xy, local, "greedy", threshold, diameter, neighbours)
+
+
+def _selection(split_scan_indices: np.ndarray, split_xy: np.ndarray, local: np.ndarray, strategy: str,
+               threshold: float, diameter: float, neighbours: int, target: float | None = None) -> Selection:
+    n = len(split_scan_indices)
     n_accepted = int(len(local))
     overlap_value = measured_overlap(split_xy[local], diameter, neighbours)
     return Selection(
@@ -120,7 +129,58 @@ def select_view(
         acceptance_rate=float(n_accepted / n) if n else 0.0,
         measured_overlap=None if overlap_value is None else round(overlap_value, 6),
         neighbours=int(neighbours),
+        target_overlap=None if target is None else float(target),
     )
+
+
+#: Bisection steps of the target-overlap search: the spacing is then known to D / 2**40, far below
+#: the jitter that separates two scan distances, so more steps cannot change the selection.
+TARGET_SEARCH_STEPS = 40
+
+
+def select_view_for_overlap(
+    coords_yx: np.ndarray,
+    split_scan_indices: np.ndarray,
+    target: float,
+    diameter: float,
+    neighbours: int,
+    rng: np.random.Generator,
+) -> Selection:
+    """The selection of a split whose measured overlap is closest to ``target``.
+
+    One visiting order (``rng.permutation``) serves every spacing tried, so the measured overlap is
+    a function of the spacing alone: ``S = 0`` keeps the whole split (its overlap is the most a
+    view can reach), ``S = D`` leaves no two discs overlapping (0). Bisection narrows the spacing
+    where the overlap crosses the target; every spacing tried is a candidate and the closest wins
+    (ties: the smaller spacing, i.e. more positions). The caller decides whether it is close enough.
+    """
+    split_xy = coords_yx[split_scan_indices]
+    n = len(split_scan_indices)
+    order = rng.permutation(n)
+    closest_first = min_spacing(split_xy)
+    tried: dict[float, tuple[np.ndarray, str, float]] = {}
+
+    def measure(spacing: float) -> float:
+        if spacing <= 0 or closest_first >= spacing:
+            local, strategy = np.arange(n), "direct"
+        else:
+            local, strategy = greedy_min_spacing(split_xy, spacing, order), "greedy"
+        value = measured_overlap(split_xy[local], diameter, neighbours)
+        value = 0.0 if value is None else round(value, 6)  # one position: no neighbour to overlap
+        tried[spacing] = (local, strategy, value)
+        return value
+
+    low, high = 0.0, float(diameter)
+    if measure(low) > target and measure(high) <= target:
+        for _ in range(TARGET_SEARCH_STEPS):
+            middle = 0.5 * (low + high)
+            if measure(middle) > target:
+                low = middle
+            else:
+                high = middle
+    best = min(tried, key=lambda spacing: (abs(tried[spacing][2] - target), spacing))
+    local, strategy, _ = tried[best]
+    return _selection(split_scan_indices, split_xy, local, strategy, best, diameter, neighbours, target)
 
 
 def subsampling_rng(subsampling_seed: int, split: str, view_index: int) -> np.random.Generator:

@@ -1,14 +1,20 @@
 """gen-synthetic's core: one object, probe and scan per study; a Poisson draw per dose; NPZ files.
 
 ``generate_study`` builds the shared geometry (object, unit probe, scan, splits, views) once,
-then generates the requested doses one after another. A dose is streamed in batches of scan
+then generates the requested doses one after another, and each dose's replicates (independent
+Poisson draws of the same expected intensities, ``replicates`` in the design) one after
+another. A dose (one replicate of it) is streamed in batches of scan
 positions: the expected intensities at unit dose (pty-chi's forward model), scaled, Poisson-drawn
 from the dose's own seeded stream and written as rows of every split x view file of that dose at
 once (each file's rows are an ascending subset of the scan); then the ``Y`` windows the same way,
 then the small members. Memory stays at a few batches whatever the scan size. The forward model
 runs once per study: its unit-dose batches are kept in an unlinked temporary file beside the
-outputs for the following doses. Each dose's entries are merged into both ``dataset_index.json``
-files as soon as its files are renamed into place, so a run killed later keeps its finished doses.
+outputs for the following doses and replicates. Each (dose, replicate)'s entries are merged into
+both ``dataset_index.json`` files as soon as its files are renamed into place, so a run killed
+later keeps what it finished.
+
+Layout: replicate 0 is where a design without replicates puts its files, byte for byte;
+replicate r >= 1 of a dose lives in a ``rep<r>`` folder inside ``dose_<d>`` of each root.
 
 Files are byte-deterministic: arrays are written in a fixed order as ``.npy`` members of an
 uncompressed zip with fixed timestamps (the ``np.savez`` layout), under a temporary name that is
@@ -35,7 +41,7 @@ import numpy as np
 
 from .. import __version__
 from . import manifests, overlap, physics
-from .design import BASELINE_VIEW, StudyDesign, dose_key, load_design
+from .design import BASELINE_VIEW, TARGET_OVERLAP_TOLERANCE, StudyDesign, data_relpath, dose_key, load_design
 from .errors import DesignError, ManifestError
 from .fileio import NpzWriter, exclusive_lock, remove_stale_temporaries, sha256_file, streamed_npz
 from .geometry import position_origin
@@ -67,6 +73,7 @@ class FilePlan:
     view: str
     split: str
     selection: overlap.Selection
+    replicate: int = 0
 
 
 @dataclass
@@ -87,16 +94,18 @@ class StudyGeometry:
     def n(self) -> int:
         return self.design.probe_size
 
-    def file_plans(self, dose: int) -> list[FilePlan]:
+    def file_plans(self, dose: int, replicate: int = 0) -> list[FilePlan]:
         plans = []
         for view in self.design.views:
             for split in self.design.splits:
-                if view == BASELINE_VIEW:
-                    root, rel = "phase_c", f"{dose_key(dose)}/patched_{split}.npz"
-                else:
-                    root, rel = "phase_d", f"{dose_key(dose)}/{view}/{view}_{split}.npz"
-                plans.append(FilePlan(root, rel, dose, view, split, self.selections[(view, split)]))
+                root = "phase_c" if view == BASELINE_VIEW else "phase_d"
+                rel = data_relpath(view, dose, split, replicate)
+                plans.append(FilePlan(root, rel, dose, view, split, self.selections[(view, split)], replicate))
         return plans
+
+    def units(self, doses: Iterable[int]) -> list[tuple[int, int]]:
+        """(dose, replicate) pairs in generation order: a dose's replicates one after another."""
+        return [(dose, r) for dose in doses for r in self.design.replicate_numbers]
 
 
 def _stderr():
@@ -124,21 +133,45 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
             raise DesignError(f"{design.path}: scan: the {split} split has no positions")
     neighbours = int(raw["overlap_reference"]["neighbours"])
     diameter = design.probe_diameter_px
+    targets = design.target_overlaps
     selections: dict[tuple[str, str], overlap.Selection] = {}
     for view_index, view in enumerate(design.views):
-        threshold = 0.0 if view == BASELINE_VIEW else design.spacing_thresholds[view]
         for split in design.splits:
             rng = overlap.subsampling_rng(seeds["subsampling"], split, view_index)
-            selections[(view, split)] = overlap.select_view(coords, splits[split], threshold, diameter, neighbours, rng)
+            if view in targets:
+                selection = overlap.select_view_for_overlap(coords, splits[split], targets[view], diameter,
+                                                            neighbours, rng)
+                check_target_reached(design, view, split, selection)
+            else:
+                threshold = 0.0 if view == BASELINE_VIEW else design.spacing_thresholds[view]
+                selection = overlap.select_view(coords, splits[split], threshold, diameter, neighbours, rng)
+            selections[(view, split)] = selection
     return StudyGeometry(design, probe_unit, probe_meta, obj, object_meta, coords, scan_meta, splits, selections)
 
 
+def check_target_reached(design: StudyDesign, view: str, split: str, selection: overlap.Selection) -> None:
+    """A target-overlap view whose closest selection misses by more than the tolerance is refused."""
+    target = selection.target_overlap
+    reached = selection.measured_overlap
+    if reached is not None and abs(reached - target) <= TARGET_OVERLAP_TOLERANCE:
+        return
+    why = ("the whole split measures only {:.3f}, the most a view of it can have".format(reached)
+           if reached is not None and reached < target and selection.n_rejected == 0
+           else f"the closest selection measures {'none' if reached is None else f'{reached:.3f}'}")
+    raise DesignError(f"{design.path}: overlap_views/{view}: target overlap {target:g} cannot be reached in the "
+                      f"{split} split within {TARGET_OVERLAP_TOLERANCE:g} ({why}; change the target, or the scan "
+                      f"step or probe diameter)")
+
+
 # ----------------------------------------------------------------------------------------------
-# One dose, streamed
+# One dose (one replicate of it), streamed
 # ----------------------------------------------------------------------------------------------
-def noise_seed(simulation_seed: int, dose: int) -> int:
-    """The 32-bit seed of a dose's Poisson stream: first word of SeedSequence([sim, 3, dose])."""
-    return int(np.random.SeedSequence([int(simulation_seed), 3, int(dose)]).generate_state(1)[0])
+def noise_seed(simulation_seed: int, dose: int, replicate: int = 0) -> int:
+    """The 32-bit seed of a dose's Poisson stream: first word of SeedSequence([sim, 3, dose]) for
+    replicate 0 (the seed of a design without replicates), of SeedSequence([sim, 3, dose, r]) for
+    replicate r >= 1 (another entropy pool, so another, independent stream)."""
+    entropy = [int(simulation_seed), 3, int(dose)] + ([int(replicate)] if replicate else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _batches(n_positions: int) -> Iterator[slice]:
@@ -202,13 +235,19 @@ class DoseCounts:
     noise_seed: int
     counts_total: np.ndarray  # int64 (n,) measured total counts per pattern
     expected_total: np.ndarray  # float64 (n,) expected total counts per pattern
+    replicate: int = 0
 
     @classmethod
-    def start(cls, geometry: StudyGeometry, dose: int) -> DoseCounts:
+    def start(cls, geometry: StudyGeometry, dose: int, replicate: int = 0) -> DoseCounts:
         n_pos = len(geometry.coords)
         return cls(dose, physics.amplitude_scale(dose, geometry.n),
-                   noise_seed(geometry.design.seeds["simulation"], dose),
-                   np.zeros(n_pos, dtype=np.int64), np.zeros(n_pos, dtype=np.float64))
+                   noise_seed(geometry.design.seeds["simulation"], dose, replicate),
+                   np.zeros(n_pos, dtype=np.int64), np.zeros(n_pos, dtype=np.float64), replicate)
+
+
+def unit_label(dose: int, replicate: int = 0) -> str:
+    """``dose_1000`` or ``dose_1000/rep1``: how logs and progress bars name a (dose, replicate)."""
+    return dose_key(dose) + (f"/rep{replicate}" if replicate else "")
 
 
 def diffraction_batches(expected: ExpectedIntensities, counts: DoseCounts,
@@ -220,7 +259,8 @@ def diffraction_batches(expected: ExpectedIntensities, counts: DoseCounts,
     dose, scale = counts.dose, counts.amplitude_scale
     rng = np.random.default_rng(counts.noise_seed)
     n_pos = len(expected.geometry.coords)
-    for sl, unit in tqdm(expected.batches(), total=-(-n_pos // BATCH_SIZE), desc=f"{dose_key(dose)} diffraction",
+    for sl, unit in tqdm(expected.batches(), total=-(-n_pos // BATCH_SIZE),
+                         desc=f"{unit_label(dose, counts.replicate)} diffraction",
                          unit="batch", file=_stderr(), disable=_tqdm_disable(progress), leave=False):
         intensity = unit.astype(np.float64) * dose
         drawn = rng.poisson(intensity)
@@ -289,6 +329,8 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseCounts, idx
         "wavelength_m": design.wavelength_m,
         "probe_diameter_px": design.probe_diameter_px,
         "position_origin": [float(v) for v in position_origin(design.object_shape)],
+        # Replicate 0 carries no key, so its bytes stay those of a design without replicates.
+        **({"replicate": int(plan.replicate)} if plan.replicate else {}),
     }
 
 
@@ -306,20 +348,21 @@ def small_arrays(geometry: StudyGeometry, plan: FilePlan, dose: int, meta: dict)
 
 
 def write_dose(geometry: StudyGeometry, dose: int, roots: dict[str, Path], expected: ExpectedIntensities,
-               progress: bool | None = None) -> dict[str, list[dict]]:
-    """Write every split x view file of ``dose`` side by side; return their index entries per root.
+               progress: bool | None = None, replicate: int = 0) -> dict[str, list[dict]]:
+    """Write every split x view file of one replicate of ``dose`` side by side; return their index
+    entries per root.
 
     The files are renamed into place together at the end; an exception before leaves none of them.
     """
-    plans = geometry.file_plans(dose)
-    counts = DoseCounts.start(geometry, dose)
+    plans = geometry.file_plans(dose, replicate)
+    counts = DoseCounts.start(geometry, dose, replicate)
     metas = []
     with ExitStack() as files:
         outputs = [files.enter_context(streamed_npz(roots[p.root] / p.relpath)) for p in plans]
         stream_member(outputs, plans, "diffraction", np.float32, geometry.n,
                       diffraction_batches(expected, counts, progress))
         stream_member(outputs, plans, "Y", np.complex64, geometry.n,
-                      window_batches(geometry, f"{dose_key(dose)} Y", progress))
+                      window_batches(geometry, f"{unit_label(dose, replicate)} Y", progress))
         for plan, npz in zip(plans, outputs, strict=True):
             meta = file_metadata(geometry, plan, counts, plan.selection.indices)
             rest = small_arrays(geometry, plan, dose, meta)
@@ -342,6 +385,7 @@ def index_entry(plan: FilePlan, meta: dict, sha256: str, size: int) -> dict:
     return {
         "path": plan.relpath,
         "dose": plan.dose,
+        "replicate": plan.replicate,
         "view": plan.view,
         "split": plan.split,
         "n_images": meta["n_images"],
@@ -386,10 +430,11 @@ def _same_generation(index: dict | None, design: StudyDesign) -> bool:
             and index.get("generator_code_hash") == generator_code_hash())
 
 
-def dose_up_to_date(geometry: StudyGeometry, dose: int, roots: dict[str, Path], indexes: dict[str, dict | None]) -> bool:
+def dose_up_to_date(geometry: StudyGeometry, dose: int, roots: dict[str, Path], indexes: dict[str, dict | None],
+                    replicate: int = 0) -> bool:
     """True when both indexes come from this design and generator code and every file of ``dose``
-    is on disk with the sha256 the index records."""
-    for plan in geometry.file_plans(dose):
+    (its replicate ``replicate``) is on disk with the sha256 the index records."""
+    for plan in geometry.file_plans(dose, replicate):
         index = indexes[plan.root]
         if not _same_generation(index, geometry.design):
             return False
@@ -400,28 +445,34 @@ def dose_up_to_date(geometry: StudyGeometry, dose: int, roots: dict[str, Path], 
     return True
 
 
-def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: dict | None,
-                new_entries: list[dict], regenerated: set[int], pending: Iterable[int] = ()) -> dict:
-    """Merge: entries of doses not regenerated now are kept when the design is unchanged.
+def _unit(entry: dict) -> tuple[int, int]:
+    return entry["dose"], entry.get("replicate", 0)
 
-    ``pending``: doses this run will still write (not worth a warning when their old entries go).
+
+def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: dict | None,
+                new_entries: list[dict], regenerated: set[tuple[int, int]],
+                pending: Iterable[tuple[int, int]] = ()) -> dict:
+    """Merge: entries of (dose, replicate)s not regenerated now are kept when the design is unchanged
+    (those of a replicate the design no longer has are dropped).
+
+    ``pending``: (dose, replicate)s this run will still write (not worth a warning when their old entries go).
     """
     design = geometry.design
     kept: list[dict] = []
     if _same_generation(previous, design):
-        kept = [e for e in previous["files"] if e["dose"] not in regenerated]
+        kept = [e for e in previous["files"] if _unit(e) not in regenerated and _unit(e)[1] < design.replicates]
     elif previous and previous["files"]:
-        stale = sorted({e["dose"] for e in previous["files"]} - regenerated - set(pending))
+        stale = sorted({e["dose"] for e in previous["files"]} - {d for d, _ in regenerated} - {d for d, _ in pending})
         if stale:
             log.warning("%s: dropped index entries of doses %s (made from another design or version); "
                         "regenerate them", root / INDEX_NAME, stale)
-    order = {v: i for i, v in enumerate(design.views)}
-    files = sorted(kept + new_entries, key=lambda e: (e["dose"], order.get(e["view"], 99), e["view"], e["split"] != "train"))
+    files = sorted(kept + new_entries, key=lambda e: file_order(design, e))
     return {
         "schema_version": "1.0",
         "generator": GENERATOR,
         "generator_version": __version__,
         "generator_code_hash": generator_code_hash(),
+        "replicates": design.replicates,
         "root_kind": root_kind,
         "design_name": design.name,
         "design_hash": design.design_hash,
@@ -434,10 +485,18 @@ def build_index(geometry: StudyGeometry, root_kind: str, root: Path, previous: d
         },
         "probe_diameter_px": design.probe_diameter_px,
         "spacing_thresholds": dict(design.spacing_thresholds),
+        **({"target_overlaps": design.target_overlaps} if design.target_overlaps else {}),
         "n_positions": {"scan": int(len(geometry.coords)),
                         **{s: int(len(i)) for s, i in geometry.splits.items()}},
         "files": files,
     }
+
+
+def file_order(design: StudyDesign, entry: dict) -> tuple:
+    """Index and listing order: dose, replicate, the design's view order, train before test."""
+    order = {v: i for i, v in enumerate(design.views)}
+    return (entry["dose"], entry.get("replicate", 0), order.get(entry["view"], 99), entry["view"],
+            entry["split"] != "train")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,6 +518,7 @@ class GenerationResult:
             "design_hash": self.design.design_hash,
             "phase_c_root": str(self.roots["phase_c"]),
             "phase_d_root": str(self.roots["phase_d"]),
+            "replicates": self.design.replicates,
             "generated_doses": self.generated_doses,
             "up_to_date_doses": self.up_to_date_doses,
             "probe": {k: self.probe[k] for k in ("nominal_diameter_px", "measured_diameter_px", "edge_energy_fraction")},
@@ -496,7 +556,8 @@ def _roots_locked(roots: dict[str, Path]) -> Iterator[None]:
 def remove_stale_files(geometry: StudyGeometry, roots: dict[str, Path]) -> list[Path]:
     """Temporary files a killed run left beside any file of the design (call with the roots locked)."""
     targets = [roots[kind] / INDEX_NAME for kind in roots]
-    targets += [roots[p.root] / p.relpath for dose in geometry.design.doses for p in geometry.file_plans(dose)]
+    targets += [roots[p.root] / p.relpath for dose, r in geometry.units(geometry.design.doses)
+                for p in geometry.file_plans(dose, r)]
     removed = [stale for target in targets for stale in remove_stale_temporaries(target)]
     for stale in removed:
         log.warning("removed %s (left by an interrupted run)", stale)
@@ -521,18 +582,21 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
     with _roots_locked(roots):
         remove_stale_files(geometry, roots)
         indexes = {kind: read_index(root / INDEX_NAME) for kind, root in roots.items()}
-        pending = [d for d in chosen if force or not dose_up_to_date(geometry, d, roots, indexes)]
-        up_to_date = [d for d in chosen if d not in pending]
+        pending = [(d, r) for d, r in geometry.units(chosen)
+                   if force or not dose_up_to_date(geometry, d, roots, indexes, r)]
+        generated = list(dict.fromkeys(d for d, _ in pending))
+        up_to_date = [d for d in chosen if d not in generated]
         for dose in up_to_date:
             log.info("%s: up to date, nothing regenerated", dose_key(dose))
-        # Keep the forward model's batches only when another dose will read them back.
+        # Keep the forward model's batches only when another (dose, replicate) will read them back.
         expected = ExpectedIntensities(geometry, roots["phase_c"] if len(pending) > 1 else None)
         try:
-            for dose in pending:
-                entries = write_dose(geometry, dose, roots, expected, progress)
-                # Indexed as soon as its files are in place: a later kill keeps this dose.
+            for dose, replicate in pending:
+                entries = write_dose(geometry, dose, roots, expected, progress, replicate=replicate)
+                # Indexed as soon as its files are in place: a later kill keeps this replicate of this dose.
                 for kind, root in roots.items():
-                    doc = build_index(geometry, kind, root, indexes[kind], entries[kind], {dose}, pending)
+                    doc = build_index(geometry, kind, root, indexes[kind], entries[kind], {(dose, replicate)},
+                                      pending)
                     manifests.write_json(root / INDEX_NAME, doc, INDEX_SCHEMA)
                     indexes[kind] = doc
         finally:
@@ -543,7 +607,6 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
         for entry in indexes[kind]["files"] if indexes[kind] else []:
             if entry["dose"] in chosen:
                 files.append({"root": kind, **entry})
-    order = {v: i for i, v in enumerate(design.views)}
-    files.sort(key=lambda e: (e["dose"], order.get(e["view"], 99), e["split"] != "train"))
+    files.sort(key=lambda e: file_order(design, e))
     n_positions = {"scan": int(len(geometry.coords)), **{s: int(len(i)) for s, i in geometry.splits.items()}}
-    return GenerationResult(design, roots, pending, up_to_date, files, geometry.probe_meta, n_positions)
+    return GenerationResult(design, roots, generated, up_to_date, files, geometry.probe_meta, n_positions)

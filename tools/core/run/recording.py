@@ -198,7 +198,7 @@ class Recorder:
     def _result(self, job: JobSpec, outcome: Outcome) -> dict:
         return {
             "schema_version": "1.0", "job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
-            "status": outcome.status, "returncode": outcome.returncode, "error": outcome.error,
+            "replicate": job.replicate, "status": outcome.status, "returncode": outcome.returncode, "error": outcome.error,
             "device": outcome.device, "wall_s": round(outcome.wall_s, 4),
             "reconstruction_s": None if outcome.reconstruction_s is None else round(outcome.reconstruction_s, 4),
             "epochs": int(outcome.epochs), "final_loss": outcome.final_loss, "input_npz": job.input_npz,
@@ -221,7 +221,7 @@ class Recorder:
 
     def _write_back(self, job: JobSpec, result: dict, resumed: bool) -> None:
         log_path = job.output_dir / LOG_NAME
-        entry = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
+        entry = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split, "replicate": job.replicate,
                  **({"reconstructor": job.reconstructor} if job.reconstructor else {}),
                  **{k: result[k] for k in RESULT_KEYS}, "log_path": str(log_path),
                  "result_path": str(job.output_dir / RESULT_NAME), "resumed": resumed, "selection": job.selection}

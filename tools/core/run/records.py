@@ -42,6 +42,7 @@ class JobSpec:
     artifact_root: Path | None = None
     reconstructor: str | None = None  # the design's reconstructor name (absent in older manifests)
     stopping: StopRule | None = None  # None: every planned epoch runs
+    replicate: int = 0  # which independent Poisson draw of the dose (absent in older manifests: 0)
 
     @property
     def confining_root(self) -> Path:
@@ -60,6 +61,7 @@ class JobSpec:
             options_hash=options_hash(job), selection=dict(job["selection"]),
             artifact_root=None if artifact_root is None else Path(artifact_root),
             reconstructor=job.get("reconstructor"), stopping=StopRule.from_mapping(job.get("stopping")),
+            replicate=int(job.get("replicate", 0)),
         )
 
 
