@@ -138,3 +138,43 @@ def test_sweep_map_follows_its_cells_end_to_end(grid_summary):
     assert {"map_phase_ssim.png", "map_phase_rmse.png", "map_pair_frc_integral.png", "min_dose_vs_overlap.png"} <= figures
     text = (root / "summary" / "summary.md").read_text()
     assert "## Dose × overlap map" in text and "not reached (> 100000)" in text
+
+
+@pytest.mark.slow
+def test_real_k2_sweep_end_to_end(tmp_path, smoke_design_path):
+    """gen-synthetic (K = 2), plan-jobs, run-ptychi (LSQML) and summarize on a tiny grid: every part of the statistics filled."""
+    from click.testing import CliRunner
+
+    from ptydose.core.jobs import plan_jobs, write_plan
+    from ptydose.core.synthetic import generate_study
+    from ptydose.run_ptychi import cli as run_cli
+
+    raw = json.loads(smoke_design_path.read_text())
+    raw["replicates"] = 2
+    raw["metrics"]["quality_target"] = {"metric": "phase_ssim", "value": 0.5}
+    design = tmp_path / "design.json"
+    design.write_text(json.dumps(raw))
+    generate_study(design, tmp_path / "c", tmp_path / "d", progress=False)
+    plan = write_plan(plan_jobs(design, tmp_path / "c", tmp_path / "d", tmp_path / "art", views=["dense", "sparse"],
+                                splits=["train"]))
+    result = CliRunner().invoke(run_cli, ["--manifest", str(plan.manifest_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    s = read_json(summarize(tmp_path / "art").summary_path, "summary")
+    assert s["counts"]["scored"] == 8  # 2 doses x 2 views x 1 split x 2 replicates
+    assert sorted((e["dose"], e["view"], e["replicates"]) for e in s["pair_frc"]) == [
+        (1000, "dense", [0, 1]), (1000, "sparse", [0, 1]), (100000, "dense", [0, 1]), (100000, "sparse", [0, 1])]
+    for e in s["pair_frc"]:
+        assert len(e["rings"]["frc"]) == len(e["rings"]["threshold"]) == len(e["pairs"][0]["frc"]) > 10
+        assert 0 < e["integral"] <= 1
+    for cell in s["statistics"]["cells"]:
+        assert cell["replicates"] == [0, 1] and cell["metrics"]["phase_ssim"]["n"] == 2
+        assert cell["metrics"]["phase_ssim"]["half_width"] is not None
+        assert cell["metrics"]["pair_frc_integral"]["n"] == 1  # one split: one pair-FRC value, no interval
+    kinds = sorted({c["kind"] for c in s["statistics"]["comparisons"]})
+    assert kinds == ["dose", "view"]
+    doc = s["dose_overlap_map"]
+    assert [v["view"] for v in doc["views"]] == ["sparse", "dense"]
+    assert [m["view"] for m in doc["min_dose"]] == ["sparse", "dense"]
+    assert all(m["status"] in ("interpolated", "at_or_below_lowest", "not_reached") for m in doc["min_dose"])
+    figures = {f.rsplit("/", 1)[-1] for f in s["figures"]}
+    assert {"pair_frc_curves.png", "map_phase_ssim.png", "min_dose_vs_overlap.png"} <= figures
