@@ -51,7 +51,8 @@ RESULTS_PATH = "docs/results.md"
 PUBLISHED_SUMMARY_PATH = "docs/results/summary.json"
 SCHEMAS_PATH = "docs/schemas.md"
 #: Figures of the latest sweep copied into docs/figures/ (binary: copied by write, not compared by check).
-PUBLISHED_FIGURES = ("metrics_vs_dose.png", "object_phase_train.png", "frc_curves.png")
+PUBLISHED_FIGURES = ("metrics_vs_dose.png", "object_phase_train.png", "frc_curves.png", "pair_frc_curves.png",
+                     "map_phase_ssim.png", "min_dose_vs_overlap.png")
 FIGURES_DIR = "docs/figures"
 BEGIN = "<!-- BEGIN GENERATED: commands (make doc-sync; do not edit inside) -->"
 END = "<!-- END GENERATED: commands -->"

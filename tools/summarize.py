@@ -33,10 +33,15 @@ def cli(artifact_root, out_dir, remove_ramp, design_path, erode_px, as_json):
     SSIM and MS-SSIM (sigma from the design), the complex correlation and the FRC with its
     half-bit resolution. Every object checkpoint a job kept is scored the same way: a convergence
     trace per job with its best epoch and flags (under-converged, fitting noise), and a
-    convergence figure per dose. Writes <out>/summary.json (per-job metrics and traces, per
-    (dose, view, split) and (dose, view) aggregates -- per reconstructor when there are several --,
-    failures, skips, provenance), <out>/summary.md and <out>/figures/*.png, and prints the metric
-    table. Failed, missing and skipped jobs are reported, not fatal.
+    convergence figure per dose. Per cell (dose, view, reconstructor): mean, sd and a 95 % Student
+    t interval over replicates x splits; paired comparisons (views at each dose, doses per view,
+    reconstructors per cell) with a verdict per metric: better, worse or not resolved. With two or
+    more replicates, the FRC between their reconstructions (half-bit crossing, integral, 0.5
+    crossing); with two or more doses and overlaps, the dose x overlap map and the minimum dose
+    reaching the design's quality target. Writes <out>/summary.json (per-job metrics and traces,
+    aggregates, statistics, pair FRC, map, failures, skips, provenance), <out>/summary.md and
+    <out>/figures/*.png, and prints the metric table. Failed, missing and skipped jobs are
+    reported, not fatal.
     Exit 0 summary written, 1 bad input (not an artifact root, malformed file), 2 usage.
 
     \b

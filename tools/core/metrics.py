@@ -29,6 +29,12 @@ The comparison (:func:`compare`) follows DESIGN §9:
 5. **FRC** of the complex images on the mask's bounding box (weighted mean removed, weighted by
    the softened mask times a separable Tukey window, so unilluminated pixels add nothing), rings
    one Fourier pixel wide, with the half-bit threshold; the first crossing gives the resolution.
+
+:func:`compare_pair` applies the same registration, phase and FRC rules to two reconstructions of
+one view and split from independent noise draws (two replicates), the second registered on the
+first: the field's two-reconstruction FRC, for which the half-bit threshold is defined.
+:func:`frc_measures` gives the scalars of a curve: the half-bit crossing, the integral (mean FRC
+up to Nyquist) and the 0.5 crossing, the last two still ranking curves that never cross.
 """
 
 from __future__ import annotations
