@@ -520,7 +520,7 @@ def map_metric_names(emphasis: str, target: dict | None, has_pairs: bool) -> lis
     """Metrics drawn on the dose x overlap map: the quality target's, then the headline ones."""
     quantity = "amplitude" if emphasis == "amplitude" else "phase"
     names = ([target["metric"]] if target else []) + [f"{quantity}_ssim", f"{quantity}_rmse"]
-    names += ["pair_frc_fraction_of_nyquist", "pair_frc_integral"] if has_pairs else ["mean_frc"]
+    names += [HEADLINE_RESOLUTION, "pair_frc_integral"] if has_pairs else ["mean_frc"]
     return list(dict.fromkeys(names))
 
 
