@@ -54,9 +54,10 @@ def _generate(design: Path, base: Path, **kwargs):
 # ----------------------------------------------------------------------------------------------
 # The promise: the shipped designs give exactly the files they always gave
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["smoke", "fly64_dose_overlap"])
+@pytest.mark.parametrize("name", ["smoke", "fly64_dose_overlap", "smoke_grid"])
 def test_shipped_designs_reproduce_the_golden_files(repo_root, tmp_path, name):
-    """Every file of both shipped designs has the sha256 recorded before streaming was introduced."""
+    """Every file of the shipped designs has its recorded sha256: smoke and fly64 as recorded before
+    streaming was introduced, smoke_grid (replicates, a target-overlap view) as recorded when added."""
     _generate(repo_root / "plans" / name / "design.json", tmp_path)
     assert _sha256s(tmp_path) == _golden(name)
     for kind in ("phase_c", "phase_d"):  # the index records what is on disk

@@ -93,6 +93,8 @@ def selection_figures(meta: dict, path: str | os.PathLike) -> dict:
         raise ContractError(f"{path}: _metadata/selection/{missing[0]}: missing")
     figures = {k: selection[k] for k in SELECTION_KEYS}
     figures["measured_overlap"] = selection.get("measured_overlap")
+    if "target_overlap" in selection:  # a view selected by its target overlap: the map's axis is what it reached
+        figures["target_overlap"] = selection["target_overlap"]
     return figures
 
 
