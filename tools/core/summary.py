@@ -813,7 +813,7 @@ def map_section(summary: dict) -> list[str]:
     for m in doc["min_dose"]:
         low = _dose_text(m["dose_low"], m["dose_low_status"], doc["doses"])
         high = _dose_text(m["dose_high"], m["dose_high_status"], doc["doses"])
-        span = low if m["dose_low_status"] == "no_interval" else f"{low} … {high}"
+        span = low if m["dose_low_status"] == "no_interval" or low == high else f"{low} … {high}"
         body.append([m["view"]] + ([fmt(m["reconstructor"])] if several else [])
                     + [fmt(m["overlap"]), _dose_text(m["min_dose"], m["status"], doc["doses"]), span])
     return out + [_render(header, body, markdown=True), ""]
