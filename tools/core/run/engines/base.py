@@ -10,19 +10,16 @@ metadata. :class:`EngineInputs` has no field that could carry ``objectGuess`` or
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from ...contract import read_contract_npz
+from .control import ProgressCallback, RunControl
 
-if TYPE_CHECKING:  # control imports this module (ProgressCallback)
-    from .control import RunControl
-
-#: ``progress(epochs_done, num_epochs, last_loss, seconds_in_the_engine)`` after each chunk of epochs.
-ProgressCallback = Callable[[int, int, "float | None", float], None]
+__all__ = ["Engine", "EngineInputs", "EngineResult", "ProgressCallback", "RunControl", "load_inputs"]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ import numpy as np
 
 from ...errors import EngineError
 from ..threads import adapt_threads
-from .base import ProgressCallback
+
+#: ``progress(epochs_done, num_epochs, last_loss, seconds_in_the_engine)`` after each chunk of epochs.
+ProgressCallback = Callable[[int, int, "float | None", float], None]
 
 STOP_RULES = ("loss_plateau",)
 
