@@ -155,9 +155,12 @@ def check_target_reached(design: StudyDesign, view: str, split: str, selection: 
     reached = selection.measured_overlap
     if reached is not None and abs(reached - target) <= TARGET_OVERLAP_TOLERANCE:
         return
-    why = ("the whole split measures only {:.3f}, the most a view of it can have".format(reached)
-           if reached is not None and reached < target and selection.n_rejected == 0
-           else f"the closest selection measures {'none' if reached is None else f'{reached:.3f}'}")
+    if reached is None:
+        why = "the closest selection keeps fewer than two positions"
+    elif reached < target and selection.n_rejected == 0:
+        why = f"the whole split measures only {reached:.3f}, the most a view of it can have"
+    else:
+        why = f"the closest selection measures {reached:.3f}"
     raise DesignError(f"{design.path}: overlap_views/{view}: target overlap {target:g} cannot be reached in the "
                       f"{split} split within {TARGET_OVERLAP_TOLERANCE:g} ({why}; change the target, or the scan "
                       f"step or probe diameter)")

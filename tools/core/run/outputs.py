@@ -100,7 +100,8 @@ def write_job_outputs(item: WorkItem, inputs: EngineInputs, result: EngineResult
     out = job.output_dir
     stop = getattr(job, "stopping", None)
     meta = {"job_id": job.id, "dose": job.dose, "view": job.view, "split": job.split,
-            "replicate": getattr(job, "replicate", 0), "input_npz": job.input_npz, "input_sha256": job.input_sha256, "engine": job.engine,
+            "replicate": getattr(job, "replicate", 0),
+            "input_npz": job.input_npz, "input_sha256": job.input_sha256, "engine": job.engine,
             "algorithm": job.algorithm, "num_epochs": job.num_epochs, "options_hash": job.options_hash,
             "reconstructor": getattr(job, "reconstructor", None),
             "epochs_run": int(len(result.loss_values)), "stop_reason": result.stop_reason,
