@@ -10,6 +10,8 @@ SMOKE_DESIGN  ?= plans/smoke/design.json
 DOSE          ?= 1000
 VIEW          ?=
 SPLIT         ?=
+RECONSTRUCTOR ?=
+ALGORITHM     ?=
 EPOCHS        ?=
 DEVICE        ?= auto
 WORKERS       ?= 1
@@ -39,7 +41,7 @@ STAMP := $(VENV)/.installed
 NOW   := $(shell date -u +%Y-%m-%dT%H%M%SZ)
 
 # Optional pass-through flags: empty variables add nothing.
-PLAN_FILTERS := $(foreach v,$(VIEW),--view $(call q,$(v))) $(foreach s,$(SPLIT),--split $(call q,$(s))) $(if $(EPOCHS),--num-epochs $(call q,$(EPOCHS)))
+PLAN_FILTERS := $(foreach v,$(VIEW),--view $(call q,$(v))) $(foreach s,$(SPLIT),--split $(call q,$(s))) $(if $(EPOCHS),--num-epochs $(call q,$(EPOCHS))) $(foreach r,$(RECONSTRUCTOR),--reconstructor $(call q,$(r))) $(if $(ALGORITHM),--algorithm $(call q,$(ALGORITHM)))
 RUN_FLAGS    := --device $(call q,$(DEVICE)) --workers $(call q,$(WORKERS)) $(if $(TIMEOUT),--timeout $(call q,$(TIMEOUT))) $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER)))
 # DOSE may list several doses: make real-run DOSE="1000 10000 100000".
 DOSE_DATA    := $(foreach d,$(DOSE),$(call esc,$(PHASE_C_ROOT))/dose_$(d)/patched_train.npz)
@@ -55,6 +57,7 @@ help: ## List the targets (default)
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-10s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (override with VAR=value): DOSE=$(DOSE) VIEW=$(VIEW) SPLIT=$(SPLIT) EPOCHS=$(EPOCHS)"
+	@echo "  RECONSTRUCTOR=$(RECONSTRUCTOR) ALGORITHM=$(ALGORITHM)"
 	@echo "  DEVICE=$(DEVICE) WORKERS=$(WORKERS) TIMEOUT=$(TIMEOUT) SCHEDULER=$(SCHEDULER) DESIGN=$(DESIGN)"
 	@echo "  OUT=$(OUT) REPORTS=$(REPORTS)"
 
