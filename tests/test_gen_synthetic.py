@@ -265,3 +265,23 @@ def test_one_folder_for_both_roots_is_refused(smoke_design_path, tmp_path):
     assert result.exit_code == 1
     assert "--phase-c-root and --phase-d-root must be different folders" in result.output
     assert not same.exists()
+
+
+def test_replicates_add_a_column_and_a_folder_level(smoke_design_path, tmp_path):
+    """A K = 2 design: the table gains a rep column, and replicate 1's files sit in dose_<d>/rep1/."""
+    raw = json.loads(smoke_design_path.read_text())
+    raw["replicates"] = 2
+    design = tmp_path / "design.json"
+    design.write_text(json.dumps(raw))
+    result = _run(_args(design, tmp_path, "--dose", "1000"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["dose", "rep", "view", "split", "n", "selection", "overlap", "nominal", "expected",
+                                "measured", "file"]
+    rows = [line.split() for line in lines[2:]]
+    assert [(r[1], r[-1]) for r in rows if r[2] == "baseline"] == [
+        ("0", "phase_c/dose_1000/patched_train.npz"), ("0", "phase_c/dose_1000/patched_test.npz"),
+        ("1", "phase_c/dose_1000/rep1/patched_train.npz"), ("1", "phase_c/dose_1000/rep1/patched_test.npz")]
+    assert len(rows) == 12
+    assert sorted(str(p.relative_to(tmp_path / "phase_d")) for p in (tmp_path / "phase_d").rglob("rep1/*/*.npz")) == [
+        f"dose_1000/rep1/{v}/{v}_{s}.npz" for v in ("dense", "sparse") for s in ("test", "train")]

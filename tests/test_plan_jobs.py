@@ -72,3 +72,27 @@ def test_bad_design_and_filters(smoke_data, tmp_path):
     result = CliRunner().invoke(cli, [*args, "--split", "validation"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_replicate_text_output(smoke_design_path, tmp_path):
+    """A K = 2 design: replicate-1 jobs print with /rep1 ids and rep1 inputs; skips name their
+    replicate the same way; --replicate filters."""
+    from ptydose.core.synthetic import generate_study
+
+    raw = json.loads(smoke_design_path.read_text())
+    raw["replicates"] = 2
+    design = tmp_path / "design.json"
+    design.write_text(json.dumps(raw))
+    data = {"design": design, "phase_c_root": tmp_path / "c", "phase_d_root": tmp_path / "d"}
+    generate_study(design, data["phase_c_root"], data["phase_d_root"], doses=[1000], progress=False)
+    result = CliRunner().invoke(cli, [*_args(data, tmp_path / "art"), "--dose", "1000", "--view", "sparse",
+                                      "--replicate", "1"])
+    assert result.exit_code == 0, result.output
+    c, d = data["phase_c_root"].resolve(), data["phase_d_root"].resolve()
+    assert result.stdout.splitlines() == [
+        f"dose_1000/sparse/{s}/rep1\t{n} positions\t{d}/dose_1000/rep1/sparse/sparse_{s}.npz"
+        for s, n in (("train", 16), ("test", 15))]
+    assert "skipped dose_1000/sparse/test: filtered out by --replicate 1" in result.stderr
+    assert "skipped dose_1000/dense/train/rep1: filtered out by --view sparse" in result.stderr
+    assert "2 of 24 jobs planned, 22 skipped (0 missing Phase D)" in result.stderr
+    assert str(c) not in result.stdout
