@@ -23,6 +23,11 @@ PHASE_C_ROOT  ?= $(OUT)/phase_c
 PHASE_D_ROOT  ?= $(OUT)/phase_d
 ARTIFACT_ROOT ?= $(OUT)/phase_f
 SMOKE_OUT     ?= tmp/smoke
+GRID_DESIGN   ?= plans/dose_overlap_grid/design.json
+GRID_OUT      ?= tmp/grid
+GRID_WORKERS  ?= 2
+SMOKE_GRID_DESIGN ?= plans/smoke_grid/design.json
+SMOKE_GRID_OUT    ?= tmp/smoke_grid
 PYTEST_ARGS   ?=
 # Scan sizes (positions) bench_scale generates one dose of.
 BENCH_SCALE_PATTERNS ?= 100000 200000
@@ -49,7 +54,7 @@ DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(call q,$(d)))
 DOSE_DIRS    := $(foreach d,$(DOSE),$(call q,$(PHASE_C_ROOT)/dose_$(d)) $(call q,$(PHASE_D_ROOT)/dose_$(d)))
 DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
-.PHONY: help venv test lint dry-run real-run data doc-sync doc-check bench clean
+.PHONY: help venv test lint dry-run real-run grid-run smoke-grid data doc-sync doc-check bench clean
 
 help: ## List the targets (default)
 	@echo "Dose x overlap ptychography baseline study"
@@ -95,7 +100,7 @@ $(call esc,$(PHASE_C_ROOT))/dose_%/patched_train.npz: $(call esc,$(DESIGN)) | $(
 
 data: $(DOSE_DATA) ## Generate the study data of DOSE (one or several; only if missing or the design changed)
 
-real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQML), summarize
+real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (the design's reconstructors), summarize
 	@log=$(call q,$(REPORTS)/$(NOW)/real_run/dose_$(DOSE_TAG)/run.log); mkdir -p "$$(dirname "$$log")"; \
 	set -o pipefail; ( \
 	  $(BIN)/validate-npz -q $(DOSE_DIRS) || exit $$?; \
@@ -107,6 +112,26 @@ real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (LSQM
 	  exit $$run_rc; \
 	) 2>&1 | tee "$$log"; rc=$$?; \
 	echo "log: $$log"; exit $$rc
+
+grid-run: $(STAMP) ## Dose x overlap grid (GRID_DESIGN): generate, validate, plan, reconstruct (GRID_WORKERS), summarize + map
+	@log=$(call q,$(REPORTS)/$(NOW)/grid_run/run.log); mkdir -p "$$(dirname "$$log")"; \
+	set -o pipefail; ( \
+	  $(BIN)/gen-synthetic --design $(call q,$(GRID_DESIGN)) --phase-c-root $(call q,$(GRID_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(GRID_OUT)/phase_d) || exit $$?; \
+	  $(BIN)/validate-npz -q $(call q,$(GRID_OUT)/phase_c) $(call q,$(GRID_OUT)/phase_d) || exit $$?; \
+	  $(BIN)/plan-jobs --design $(call q,$(GRID_DESIGN)) --phase-c-root $(call q,$(GRID_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(GRID_OUT)/phase_d) --artifact-root $(call q,$(GRID_OUT)/phase_f) $(PLAN_FILTERS) \
+	    || exit $$?; \
+	  $(BIN)/run-ptychi --manifest $(call q,$(GRID_OUT)/phase_f/reconstruction_manifest.json) --device $(call q,$(DEVICE)) \
+	    --workers $(call q,$(GRID_WORKERS)) $(if $(TIMEOUT),--timeout $(call q,$(TIMEOUT))) \
+	    $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER))); run_rc=$$?; \
+	  $(BIN)/summarize --artifact-root $(call q,$(GRID_OUT)/phase_f) || exit $$?; \
+	  exit $$run_rc; \
+	) 2>&1 | tee "$$log"; rc=$$?; \
+	echo "log: $$log"; exit $$rc
+
+smoke-grid: $(STAMP) ## The tiny grid (plans/smoke_grid) end to end in seconds: the grid path as CI runs it
+	$(MAKE) --no-print-directory grid-run GRID_DESIGN=$(call q,$(SMOKE_GRID_DESIGN)) GRID_OUT=$(call q,$(SMOKE_GRID_OUT))
 
 doc-sync: $(STAMP) ## Regenerate the generated parts of docs/ (test index, CLI reference, results)
 	$(BIN)/python -m ptydose.doc_sync write --artifact-root $(call q,$(ARTIFACT_ROOT))

@@ -21,7 +21,8 @@ def test_make_help_lists_every_target(repo_root):
     """`make` alone is `make help` and lists each target with its ## line."""
     result = _make(repo_root)
     assert result.returncode == 0, result.stderr
-    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "data", "doc-sync", "doc-check", "bench", "clean"):
+    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "grid-run", "smoke-grid", "data", "doc-sync",
+                   "doc-check", "bench", "clean"):
         assert f"  {target} " in result.stdout, target
 
 
@@ -100,3 +101,20 @@ def test_make_real_run_with_a_failed_job_still_summarizes_then_fails(repo_root, 
     summary = json.loads((out / "phase_f" / "summary" / "summary.json").read_text())
     failed = [f for f in summary["failures"]]
     assert len(failed) == 1 and "sparse/test" in json.dumps(failed[0])
+
+
+@pytest.mark.slow
+def test_make_smoke_grid_runs_the_grid_path_end_to_end(repo_root, tmp_path):
+    """`make smoke-grid`: the tiny dose x overlap grid (K = 2 replicates) generated, run, summarized with its map."""
+    out, reports = tmp_path / "grid", tmp_path / "reports"
+    result = _make(repo_root, "smoke-grid", f"SMOKE_GRID_OUT={out}", f"REPORTS={reports}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = read_json(out / "phase_f" / "reconstruction_manifest.json", "reconstruction_manifest")
+    replicates = {job.get("replicate", 0) for job in manifest["jobs"]}
+    assert replicates == {0, 1}
+    assert sorted(r["status"] for r in manifest["execution_results"]) == ["ok"] * len(manifest["jobs"])
+    summary = json.loads((out / "phase_f" / "summary" / "summary.json").read_text())
+    grid = summary["dose_overlap_map"]
+    assert grid is not None and len(grid["doses"]) >= 2 and grid["min_dose"]
+    assert (out / "phase_f" / "summary" / "figures" / "min_dose_vs_overlap.png").is_file()
+    assert list(reports.glob("*/grid_run/run.log"))
