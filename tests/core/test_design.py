@@ -19,9 +19,9 @@ def test_shipped_study_design_matches_the_study(study_design_path):
     assert design.views == ["baseline", "dense", "sparse"]
     assert design.overlap_views == {"dense": 0.7, "sparse": 0.2}
     assert design.seeds == {"simulation": 42, "grouping": 123, "subsampling": 456}
-    # The default reconstructor chosen by make bench (docs/decisions.md): CDTools Adam, 60 epochs.
+    # The default reconstructor chosen by make bench (docs/decisions.md): CDTools Adam, 40 epochs.
     assert (design.reconstruction["engine"], design.reconstruction["algorithm"]) == ("cdtools", "ADAM")
-    assert design.reconstruction["num_epochs"] == 60
+    assert design.reconstruction["num_epochs"] == 40
     assert design.metrics["ms_ssim_sigma"] == 1.0
 
 
