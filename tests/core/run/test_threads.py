@@ -146,3 +146,31 @@ def test_without_torch_imported_nothing_is_imported():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "False"]
+
+
+@pytest.mark.parametrize(("engine", "algorithm"), [("ptychi", "LSQML"), ("cdtools", "ADAM")])
+def test_the_thread_count_does_not_change_a_reconstruction(smoke_data, engine, algorithm, monkeypatch):
+    """Adapting threads to the load must not make results depend on it: 1 and 2 torch threads give
+    bit-identical objects (so a rerun on a busier machine reproduces the published numbers)."""
+    import numpy as np
+    import torch
+
+    from ptydose.core.design import load_design
+    from ptydose.core.run.engines.base import load_inputs
+    from ptydose.core.run.engines.registry import engine_spec
+
+    monkeypatch.setenv("PTYDOSE_ADAPT_THREADS", "0")  # the counts under test, not the load's
+    design = load_design(smoke_data["design"])
+    inputs = load_inputs(smoke_data["phase_d_root"] / "dose_1000" / "dense" / "dense_train.npz")
+    spec = engine_spec(engine)
+    options = spec.options(spec.design_options(design, algorithm, {"chunk_epochs": 2}))
+    before = torch.get_num_threads()
+    objects = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            objects.append(spec.load().reconstruct(inputs, algorithm, 4, options, device="cpu").object)
+            assert torch.get_num_threads() == count
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(objects[0], objects[1])
