@@ -415,6 +415,8 @@ def test_result_of_other_options_is_not_scored(sweep, tmp_path):
     ("checkpoint_shape", "reconstruction.npz: checkpoint_objects: shape (2, 40, 40), expected (2, 80, 80)"),
     ("checkpoint_order", "reconstruction.npz: checkpoint_epochs: expected increasing epochs >= 1, got [4, 2]"),
     ("checkpoint_alone", "reconstruction.npz: checkpoint_objects: key missing (the file has checkpoint_epochs)"),
+    ("checkpoint_many", "reconstruction.npz: checkpoint_epochs: expected 1 to 32 epochs (run-ptychi keeps at most 32), "
+                        "got shape (33,)"),
 ])
 def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
     """A malformed result.json or a foreign reconstruction.npz: exit 1, one line naming the file."""
@@ -442,9 +444,10 @@ def test_bad_files_are_one_line_errors(sweep, tmp_path, damage, message):
         with np.load(folder / "reconstruction.npz") as npz:
             arrays = dict(npz)
         side = 40 if damage == "checkpoint_shape" else M
-        arrays["checkpoint_epochs"] = np.array([4, 2] if damage == "checkpoint_order" else [2, 4])
-        if damage != "checkpoint_alone":
-            arrays["checkpoint_objects"] = np.ones((2, side, side), np.complex64)
+        epochs = {"checkpoint_order": [4, 2], "checkpoint_many": list(range(1, 34))}.get(damage, [2, 4])
+        arrays["checkpoint_epochs"] = np.array(epochs)
+        if damage != "checkpoint_alone":  # a crafted file may keep more than run-ptychi ever writes: never scored
+            arrays["checkpoint_objects"] = np.ones((len(epochs), side, side), np.complex64)
         np.savez(folder / "reconstruction.npz", **arrays)
     elif damage == "text":
         (folder / "reconstruction.npz").write_text("root:x:0:0:root:/root:/bin/bash\n")

@@ -37,6 +37,7 @@ from .errors import ContractError, DesignError, ManifestError, StudyError
 from .fileio import sha256_file
 from .jobs import MANIFEST_NAME, SKIP_SUMMARY_NAME, check_manifest_paths, job_id, options_hash
 from .manifests import parse_json, read_json, write_json, write_text_atomic
+from .run.engines.control import MAX_CHECKPOINTS
 from .safepath import check_confined, make_confined_dirs
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ def _check_checkpoints(path: Path, arrays: dict, object_shape: tuple[int, int]) 
         if key not in arrays:
             raise ContractError(f"{path}: {key}: key missing (the file has {present[0]})")
     epochs, objects = arrays["checkpoint_epochs"], arrays["checkpoint_objects"]
-    if epochs.ndim != 1 or epochs.size == 0 or np.any(epochs < 1) or np.any(np.diff(epochs) <= 0):
+    if epochs.ndim != 1 or not 1 <= epochs.size <= MAX_CHECKPOINTS:
+        raise ContractError(f"{path}: checkpoint_epochs: expected 1 to {MAX_CHECKPOINTS} epochs (run-ptychi keeps at "
+                            f"most {MAX_CHECKPOINTS}), got shape {epochs.shape}")
+    if np.any(epochs < 1) or np.any(np.diff(epochs) <= 0):
         raise ContractError(f"{path}: checkpoint_epochs: expected increasing epochs >= 1, got {epochs.tolist()}")
     if objects.shape != (epochs.size, *object_shape):
         raise ContractError(f"{path}: checkpoint_objects: shape {objects.shape}, expected {(epochs.size, *object_shape)}")
