@@ -178,3 +178,13 @@ def test_real_k2_sweep_end_to_end(tmp_path, smoke_design_path):
     assert all(m["status"] in ("interpolated", "at_or_below_lowest", "not_reached") for m in doc["min_dose"])
     figures = {f.rsplit("/", 1)[-1] for f in s["figures"]}
     assert {"pair_frc_curves.png", "map_phase_ssim.png", "min_dose_vs_overlap.png"} <= figures
+
+
+def test_the_quality_target_names_a_metric_summarize_reports(repo_root):
+    """The design schema's quality-target metrics are exactly summarize's flat and two-reconstruction metrics,
+    so a misspelt target is refused when the design is read, not discovered after the sweep."""
+    from ptydose.core import summary
+
+    schema = json.loads((repo_root / "schemas" / "study_design.schema.json").read_text())
+    enum = schema["properties"]["metrics"]["properties"]["quality_target"]["properties"]["metric"]["enum"]
+    assert enum == [*summary.METRICS, *summary.PAIR_METRICS]

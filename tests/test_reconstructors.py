@@ -191,3 +191,11 @@ def test_an_algorithm_of_another_engine_takes_that_engine(smoke_data, tmp_path):
     rec = {"algorithm": "ADAM", "num_epochs": 3}
     (only,) = design_reconstructors(load_design(_design(smoke_data, tmp_path, reconstruction=rec)))
     assert (only.engine, only.num_epochs) == ("cdtools", 3)
+
+
+def test_option_errors_name_the_design_key(smoke_data, tmp_path):
+    """An argument the command engine cannot pass (NUL) is named where the design wrote it."""
+    entries = [{"name": "mine", "engine": "command", "algorithm": "EXTERNAL", "options": {"command": ["prog", "a\x00b"]}}]
+    design = _design(smoke_data, tmp_path, reconstructors=entries)
+    with pytest.raises(DesignError, match=r"reconstructors/0/options/command/1: contains a NUL character"):
+        design_reconstructors(load_design(design))

@@ -42,6 +42,8 @@ class EngineSpec:
     settings_keys: tuple[str, ...] = ()
     # The engine works in a folder of the job (reconstruct() takes ``job_dir``): the command engine.
     uses_job_dir: bool = False
+    # Option fields whose design setting has another name (the command engine's argv is ``command``).
+    design_keys: Mapping[str, str] = field(default_factory=dict)
 
     def load(self) -> Engine:
         """The engine, with its heavy dependencies imported."""
@@ -69,7 +71,12 @@ class EngineSpec:
         """The ``engine_options`` of one reconstructor of ``design`` (checked by building the record)."""
         self.check_algorithm(algorithm, f"{where}/algorithm")
         mapping = self.from_settings(design, self.settings(algorithm, given, where), where)
-        record = self.options(mapping)
+        try:
+            record = self.options(mapping)
+        except EngineError as exc:  # name the design's key, not the manifest's (argv is the design's command)
+            text = str(exc).removeprefix("engine_options/")
+            name = text.split("/", 1)[0].split(":", 1)[0]
+            raise EngineError(f"{where}/{self.design_keys.get(name, name)}{text[len(name):]}") from None
         check = CHECKS.get(self.name)
         if check is not None:
             check(algorithm, record, where)
@@ -207,6 +214,7 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
         package=None,
         settings_keys=COMMAND_SETTINGS,
         uses_job_dir=True,
+        design_keys=MappingProxyType({"argv": "command"}),
     ),
 })
 
