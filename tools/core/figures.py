@@ -199,15 +199,7 @@ def frc_curves(jobs: Sequence[CurveJob], doses: Sequence[int], views: Sequence[s
             ax.plot(job.frc_frequency / 0.5, job.frc, SPLIT_STYLES[job.split], color=colour, label=f"{job.view} {job.split}")
             ax.plot(job.frc_frequency / 0.5, job.frc_threshold, ":", color=colour, linewidth=0.8)
             drawn = True
-        ax.axhline(0, color="0.6", linewidth=0.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(-0.2, 1.05)
-        ax.set_xlabel("spatial frequency / Nyquist")
-        ax.set_ylabel("FRC")
-        ax.set_title(f"dose {dose:g} (dotted: half-bit)", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        if not drawn:
-            ax.text(0.5, 0.5, "no reconstruction", ha="center", transform=ax.transAxes)
+        _frc_axes(ax, "FRC", f"dose {dose:g} (dotted: half-bit)", drawn, "no reconstruction")
     _legend(fig, axes)
     return _save(fig, path)
 
@@ -294,17 +286,23 @@ def pair_frc_curves(curves: Sequence[PairCurve], doses: Sequence[int], views: Se
             ax.plot(x, curve.threshold, ":", color=colour, linewidth=0.8)
             drawn = True
         ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
-        ax.axhline(0, color="0.6", linewidth=0.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(-0.2, 1.05)
-        ax.set_xlabel("spatial frequency / Nyquist")
-        ax.set_ylabel("FRC between two replicates")
-        ax.set_title(f"dose {dose:g} (dotted: half-bit, dashed: 0.5)", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        if not drawn:
-            ax.text(0.5, 0.5, "fewer than 2 replicates", ha="center", transform=ax.transAxes)
+        _frc_axes(ax, "FRC between two replicates", f"dose {dose:g} (dotted: half-bit, dashed: 0.5)", drawn,
+                  "fewer than 2 replicates")
     _legend(fig, axes)
     return _save(fig, path)
+
+
+def _frc_axes(ax, ylabel: str, title: str, drawn: bool, empty_text: str) -> None:
+    """The frame every FRC panel shares: zero line, frequency axis to Nyquist, labels, grid."""
+    ax.axhline(0, color="0.6", linewidth=0.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.2, 1.05)
+    ax.set_xlabel("spatial frequency / Nyquist")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    if not drawn:
+        ax.text(0.5, 0.5, empty_text, ha="center", transform=ax.transAxes)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:

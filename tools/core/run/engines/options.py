@@ -39,18 +39,9 @@ class PtychiOptions:
     probe_step_size: float | None = None
 
     def __post_init__(self) -> None:
-        if self.noise_model not in NOISE_MODELS:
-            raise EngineError(f"engine_options/noise_model: {self.noise_model!r} is not one of "
-                              f"{', '.join(NOISE_MODELS)}")
-        for name in ("batch_size", "chunk_epochs"):
-            if getattr(self, name) < 1:
-                raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
-        if self.probe_update_start_epoch < 0:
-            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, got {self.probe_update_start_epoch}")
+        _check_shared(self)
         for name in ("object_alpha", "probe_alpha", "object_step_size", "probe_step_size"):
             _check_positive(name, getattr(self, name), optional=True)
-        for name in ("wavelength_m", "object_pixel_size_m"):
-            _check_positive(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -69,17 +60,22 @@ class CdtoolsOptions:
     object_pixel_size_m: float
 
     def __post_init__(self) -> None:
-        if self.noise_model not in NOISE_MODELS:
-            raise EngineError(f"engine_options/noise_model: {self.noise_model!r} is not one of "
-                              f"{', '.join(NOISE_MODELS)}")
-        for name in ("batch_size", "chunk_epochs"):
-            if getattr(self, name) < 1:
-                raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(self, name)}")
-        if self.probe_update_start_epoch < 0:
-            raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, "
-                              f"got {self.probe_update_start_epoch}")
-        for name in ("learning_rate", "learning_rate_final", "wavelength_m", "object_pixel_size_m"):
+        _check_shared(self)
+        for name in ("learning_rate", "learning_rate_final"):
             _check_positive(name, getattr(self, name))
+
+
+def _check_shared(record: PtychiOptions | CdtoolsOptions) -> None:
+    """The checks of the settings both engines share (noise model, batches, probe start, geometry)."""
+    if record.noise_model not in NOISE_MODELS:
+        raise EngineError(f"engine_options/noise_model: {record.noise_model!r} is not one of {', '.join(NOISE_MODELS)}")
+    for name in ("batch_size", "chunk_epochs"):
+        if getattr(record, name) < 1:
+            raise EngineError(f"engine_options/{name}: must be >= 1, got {getattr(record, name)}")
+    if record.probe_update_start_epoch < 0:
+        raise EngineError(f"engine_options/probe_update_start_epoch: must be >= 0, got {record.probe_update_start_epoch}")
+    for name in ("wavelength_m", "object_pixel_size_m"):
+        _check_positive(name, getattr(record, name))
 
 
 def _check_positive(name: str, value: float | None, optional: bool = False) -> None:

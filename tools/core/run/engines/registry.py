@@ -8,6 +8,7 @@ cheap: an engine's module (and torch) is imported only by :meth:`EngineSpec.load
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -104,22 +105,21 @@ def _design_values(design: Any) -> dict:
             "object_pixel_size_m": design.object_pixel_size_m}
 
 
-def _ptychi_options(design: Any, settings: Mapping[str, Any], where: str) -> dict:
+def _record_options(design: Any, settings: Mapping[str, Any], options_type: type) -> dict:
+    """``engine_options`` in the record's field order: the design's seed and geometry, the merged
+    settings for the rest; an optional field the settings leave unset (or None) is left out."""
     values = _design_values(design)
-    mapping = {
-        "noise_model": settings["noise_model"],
-        "batch_size": settings["batch_size"],
-        "optimize_probe": settings["optimize_probe"],
-        "probe_update_start_epoch": settings["probe_update_start_epoch"],
-        "seed": values["seed"],
-        "chunk_epochs": settings["chunk_epochs"],
-        "wavelength_m": values["wavelength_m"],
-        "object_pixel_size_m": values["object_pixel_size_m"],
-    }
-    for key in ("object_alpha", "probe_alpha", "object_step_size", "probe_step_size"):
-        if settings.get(key) is not None:
-            mapping[key] = settings[key]
+    mapping = {}
+    for f in dataclasses.fields(options_type):
+        if f.name in values:
+            mapping[f.name] = values[f.name]
+        elif settings.get(f.name) is not None or f.default is dataclasses.MISSING:
+            mapping[f.name] = settings[f.name]
     return mapping
+
+
+def _ptychi_options(design: Any, settings: Mapping[str, Any], where: str) -> dict:
+    return _record_options(design, settings, PtychiOptions)
 
 
 def _check_ptychi(algorithm: str, options: PtychiOptions, where: str) -> None:
@@ -132,19 +132,7 @@ def _check_ptychi(algorithm: str, options: PtychiOptions, where: str) -> None:
 
 
 def _cdtools_options(design: Any, settings: Mapping[str, Any], where: str) -> dict:
-    values = _design_values(design)
-    return {
-        "noise_model": settings["noise_model"],
-        "learning_rate": settings["learning_rate"],
-        "learning_rate_final": settings["learning_rate_final"],
-        "batch_size": settings["batch_size"],
-        "optimize_probe": settings["optimize_probe"],
-        "probe_update_start_epoch": settings["probe_update_start_epoch"],
-        "seed": values["seed"],
-        "chunk_epochs": settings["chunk_epochs"],
-        "wavelength_m": values["wavelength_m"],
-        "object_pixel_size_m": values["object_pixel_size_m"],
-    }
+    return _record_options(design, settings, CdtoolsOptions)
 
 
 def _import_ptychi() -> Engine:
