@@ -14,6 +14,7 @@ from ptydose.core.run.dask_backend import slot_of_worker
 from ptydose.core.run.engines.base import EngineResult
 from ptydose.core.run.engines.control import MAX_CHECKPOINTS, RunControl, StopRule
 from ptydose.core.run.engines.options import PtychiOptions, options_mapping, options_record
+from ptydose.core.run.engines.registry import ENGINES
 from ptydose.core.run.outputs import write_reconstruction_npz
 from ptydose.core.run.records import Outcome
 from ptydose.core.run.worker import FAULT_ENV, control_argument, fault_for, gpu_for_slot
@@ -108,21 +109,21 @@ class _Job:
         self.stopping = stopping
 
 
-class _WithControl:
-    def reconstruct(self, inputs, algorithm, num_epochs, options, *, device, progress=None, control=None):
-        raise AssertionError("not called")
-
-
-class _WithoutControl:
-    def reconstruct(self, inputs, algorithm, num_epochs, options, *, device, progress=None):
-        raise AssertionError("not called")
-
-
 def test_worker_hands_the_stopping_rule_only_to_an_engine_that_can_apply_it():
-    """Engines with a control parameter get checkpoints and the job's rule; others run as before, or refuse a rule."""
+    """Engines of the chunk loop get checkpoints and the job's rule; others run as before, or refuse a rule."""
     rule = StopRule(window_epochs=3)
-    assert control_argument(_WithControl(), _Job(rule)) == {"control": RunControl(stop=rule)}
-    assert control_argument(_WithControl(), _Job(None)) == {"control": RunControl()}
-    assert control_argument(_WithoutControl(), _Job(None)) == {}
+    chunked, whole = ENGINES["ptychi"], ENGINES["command"]
+    assert control_argument(chunked, _Job(rule)) == {"control": RunControl(stop=rule)}
+    assert control_argument(chunked, _Job(None)) == {"control": RunControl()}
+    assert control_argument(whole, _Job(None)) == {}
     with pytest.raises(EngineError, match=r"^engine command: cannot apply a stopping rule \(loss_plateau\)"):
-        control_argument(_WithoutControl(), _Job(rule))
+        control_argument(whole, _Job(rule))
+
+
+def test_the_registry_says_which_engines_take_a_run_control():
+    """runs_chunk_loop is true exactly for the engines whose reconstruct() takes ``control``."""
+    import inspect
+
+    for spec in ENGINES.values():
+        takes = "control" in inspect.signature(spec.importer().reconstruct).parameters
+        assert takes == spec.runs_chunk_loop, spec.name

@@ -22,7 +22,6 @@ input. Modes: ``raise`` (RuntimeError), ``exit`` (``os._exit(13)``), ``segfault`
 from __future__ import annotations
 
 import ctypes
-import inspect
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from ..safepath import open_truncated_nofollow
 from .backend import Event, Progress
 from .engines.base import Engine, load_inputs
 from .engines.control import RunControl
-from .engines.registry import engine_spec
+from .engines.registry import EngineSpec, engine_spec
 from .outputs import LOG_NAME, job_folder, write_job_outputs
 from .records import JobSpec, Outcome, WorkItem, one_line
 
@@ -155,17 +154,17 @@ def check_input_sha256(job: JobSpec) -> None:
                          f"{job.input_sha256[:12]}... (the file changed; run plan-jobs again)")
 
 
-def control_argument(engine: Engine, job: JobSpec) -> dict:
-    """``{"control": RunControl(...)}`` for an engine that takes one; ``{}`` for one that does not.
+def control_argument(spec: EngineSpec, job: JobSpec) -> dict:
+    """``{"control": RunControl(...)}`` for an engine that runs the shared chunk loop; ``{}`` for one
+    that does not (the command engine runs its program to the end).
 
     Checkpoints are always asked for. A job with a stopping rule on an engine that cannot honour
     it is an EngineError, never a silently longer run.
     """
-    stop = getattr(job, "stopping", None)
-    if "control" in inspect.signature(engine.reconstruct).parameters:
-        return {"control": RunControl(stop=stop)}
-    if stop is not None:
-        raise EngineError(f"engine {job.engine}: cannot apply a stopping rule ({stop.rule}); "
+    if spec.runs_chunk_loop:
+        return {"control": RunControl(stop=job.stopping)}
+    if job.stopping is not None:
+        raise EngineError(f"engine {job.engine}: cannot apply a stopping rule ({job.stopping.rule}); "
                           "remove the reconstructor's stopping setting")
     return {}
 
@@ -231,11 +230,12 @@ class WorkerSession:
                 mode = fault_for(job.id)
                 if mode:
                     inject_fault(mode)
+                spec = engine_spec(job.engine)
                 # An engine that works in the job's folder (the command engine) is told where it is.
-                where = {"job_dir": job.output_dir} if engine_spec(job.engine).uses_job_dir else {}
-                engine = self.engine(job.engine)
-                result = engine.reconstruct(inputs, job.algorithm, job.num_epochs, job.options, device=self.device,
-                                            progress=progress, **where, **control_argument(engine, job))
+                where = {"job_dir": job.output_dir} if spec.uses_job_dir else {}
+                result = self.engine(job.engine).reconstruct(
+                    inputs, job.algorithm, job.num_epochs, job.options, device=self.device, progress=progress,
+                    **where, **control_argument(spec, job))
                 if result.stop_reason is not None:
                     print(f"run-ptychi: stopped after {len(result.loss_values)} of {job.num_epochs} epochs: "
                           f"{result.stop_reason}", flush=True)

@@ -43,6 +43,9 @@ class EngineSpec:
     settings_keys: tuple[str, ...] = ()
     # The engine works in a folder of the job (reconstruct() takes ``job_dir``): the command engine.
     uses_job_dir: bool = False
+    # The engine runs its epochs through the shared chunk loop (reconstruct() takes ``control``:
+    # checkpoints and a stopping rule); the command engine runs its program to the end.
+    runs_chunk_loop: bool = True
     # Option fields whose design setting has another name (the command engine's argv is ``command``).
     design_keys: Mapping[str, str] = field(default_factory=dict)
 
@@ -202,6 +205,7 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
         package=None,
         settings_keys=COMMAND_SETTINGS,
         uses_job_dir=True,
+        runs_chunk_loop=False,
         design_keys=MappingProxyType({"argv": "command"}),
     ),
 })
