@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from .safepath import available_memory_bytes
 SPLITS = ("train", "test")
 BASELINE_VIEW = "baseline"
 #: Design sections that do not change the generated data (see StudyDesign.data_hash).
-NOT_DATA_KEYS = ("name", "description", "reconstruction", "reconstructors", "metrics")
+NOT_DATA_KEYS = ("name", "description", "reconstruction", "reconstructors", "metrics", "probe_knowledge")
 #: Design keys left out of both hashes: the replicate count adds files but changes none, so raising
 #: it keeps replicate 0 (and every result made from it) byte for byte valid.
 NOT_HASHED_KEYS = ("replicates",)
@@ -30,6 +31,11 @@ GENERATION_BYTES_PER_OBJECT_PIXEL = 64
 #: Scan positions a design may ask for (the scale benchmarks run 2e5; far beyond is a typo in step_px).
 MAX_SCAN_POSITIONS = 2e7
 PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = PLANCK_EV_M / energy_eV
+#: The detector block's defaults (docs/physics.md, "Realistic conditions"): an ideal detector.
+DETECTOR_DEFAULTS = {"readout_noise_adu": 0.0, "adu_per_photon": 1.0, "saturation_photons": None,
+                     "mask_saturated": True, "beamstop_radius_px": 0.0, "bad_pixels": 0, "binning": 1}
+#: Design blocks that only a simulation has: a measured design takes them from its parent NPZ.
+SIMULATION_BLOCKS = ("probe", "object", "scan", "position_errors", "detector")
 
 
 def spacing_threshold(overlap_fraction: float, probe_diameter_px: float) -> float:
@@ -87,12 +93,57 @@ class StudyDesign:
 
     @property
     def probe_size(self) -> int:
+        if self.measured is not None:
+            return self.measured_parent.probe_size
         return int(self.raw["probe"]["size"])
 
     @property
     def object_shape(self) -> tuple[int, int]:
+        if self.measured is not None:
+            return self.measured_parent.object_shape
         rows, cols = self.raw["object"]["shape"]
         return int(rows), int(cols)
+
+    # --- realistic conditions (all optional; absent = today's ideal study) ----------------------
+    @property
+    def probe_modes(self) -> dict | None:
+        """``{"count": K, "power_ratio": r}`` of a partially coherent simulated probe, else None."""
+        modes = self.raw.get("probe", {}).get("modes")
+        return None if modes is None else dict(modes)
+
+    @property
+    def position_errors(self) -> dict | None:
+        """The simulated position errors with every key filled (0 where unset), else None."""
+        errors = self.raw.get("position_errors")
+        if errors is None:
+            return None
+        return {"random_px": float(errors.get("random_px", 0.0)), "scale": float(errors.get("scale", 0.0)),
+                "rotation_deg": float(errors.get("rotation_deg", 0.0)),
+                "drift_px": [float(v) for v in errors.get("drift_px", (0.0, 0.0))]}
+
+    @property
+    def detector(self) -> dict | None:
+        """The detector block with :data:`DETECTOR_DEFAULTS` filled in, else None (an ideal detector)."""
+        block = self.raw.get("detector")
+        return None if block is None else {**DETECTOR_DEFAULTS, **block}
+
+    @property
+    def probe_knowledge(self) -> dict:
+        """The probe the engines start from: ``{"start": "true"}`` unless the design says otherwise."""
+        return dict(self.raw.get("probe_knowledge", {"start": "true"}))
+
+    @property
+    def measured(self) -> dict | None:
+        """``{"npz": ..., "ground_truth": bool}`` of a design whose data are thinned from a measured NPZ."""
+        block = self.raw.get("measured")
+        return None if block is None else {"npz": block["npz"], "ground_truth": bool(block.get("ground_truth", False))}
+
+    @property
+    def measured_parent(self) -> MeasuredParent:
+        """Shapes and dose of a measured design's parent NPZ (read from its headers, once)."""
+        if self.measured is None:
+            raise DesignError(f"{self.path}: measured: the design simulates its data")
+        return read_measured_parent(self.resolve(self.measured["npz"]))
 
     @property
     def overlap_views(self) -> dict[str, float | dict]:
@@ -186,6 +237,9 @@ class StudyDesign:
     def referenced_files(self) -> list[str]:
         """Paths (as written in the design) of the files the design names."""
         files = []
+        if self.measured is not None:
+            files.append(self.measured["npz"])
+            return files
         if "npz" in self.raw["probe"]:
             files.append(self.raw["probe"]["npz"])
         if self.raw["object"]["model"] == "image":
@@ -209,6 +263,48 @@ class StudyDesign:
         }
 
 
+@dataclass(frozen=True)
+class MeasuredParent:
+    """What planning needs from a measured design's parent NPZ: its frame, object shape and dose."""
+
+    path: Path
+    probe_size: int
+    object_shape: tuple[int, int]
+    n_images: int
+    dose: int
+    metadata: dict
+
+
+@lru_cache(maxsize=16)
+def _read_parent(path: Path, mtime_ns: int, size: int) -> MeasuredParent:
+    from .contract.io import open_zip
+    from .contract.spec import FileReport
+    from .contract.structure import inspect
+
+    report = FileReport(path=path, mode="header-only")
+    zf = open_zip(path, report)
+    if zf is not None:
+        with zf:
+            insp = inspect(zf, report)
+    if not report.ok:
+        raise DesignError(f"measured/npz: {report.lines()[0]}")
+    meta = insp.metadata or {}
+    dose = meta.get("dose")
+    if not isinstance(dose, (int, float)) or isinstance(dose, bool) or dose < 1:
+        raise DesignError(f"{path}: _metadata/dose: the parent of a dose ladder needs its dose in photons")
+    return MeasuredParent(path, int(insp.frame), tuple(int(v) for v in insp.object_shape), int(insp.n),
+                          int(round(dose)), dict(meta))
+
+
+def read_measured_parent(path: Path) -> MeasuredParent:
+    """Header-only read of a measured parent NPZ (the contract's structural checks; no array data)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DesignError(f"measured/npz: {path}: {exc.strerror or exc}") from None
+    return _read_parent(path, st.st_mtime_ns, st.st_size)
+
+
 def _check_overlap_views(raw: dict, source: str) -> None:
     """Fraction in [0, 1), target overlap in [0, 1]: named precisely, before the schema's vaguer oneOf."""
     views = raw.get("overlap_views")
@@ -223,15 +319,51 @@ def _check_overlap_views(raw: dict, source: str) -> None:
                 raise DesignError(f"{source}: overlap_views/{view}/target_overlap: {target} is not in [0, 1]")
 
 
+def _check_measured_blocks(raw: dict, source: str) -> None:
+    """A measured design takes probe, object and scan from its parent; a simulated one needs them."""
+    if not isinstance(raw.get("measured"), dict):
+        for block in ("probe", "object", "scan"):
+            if block not in raw:
+                raise DesignError(f"{source}: {block}: required (or a 'measured' block naming a parent NPZ)")
+        return
+    for block in SIMULATION_BLOCKS:
+        if block in raw:
+            raise DesignError(f"{source}: {block}: a measured design takes no '{block}' block (its data are "
+                              f"thinned from measured/npz, not simulated)")
+
+
+def _check_realistic(raw: dict, source: str) -> None:
+    """Realistic-condition rules the schema cannot express."""
+    knowledge = raw.get("probe_knowledge", {})
+    start = knowledge.get("start", "true")
+    for key in ("defocus_error_rad", "diameter_error"):
+        if key in knowledge and start != "model":
+            raise DesignError(f"{source}: probe_knowledge/{key}: only a 'model' start has model errors (start is '{start}')")
+    if start == "model" and "model" not in raw.get("probe", {}):
+        raise DesignError(f"{source}: probe_knowledge/start: 'model' needs a probe model in the design "
+                          f"(this design's probe is {'measured' if 'measured' in raw else 'an NPZ'})")
+    detector = raw.get("detector", {})
+    n = raw.get("probe", {}).get("size")
+    radius = detector.get("beamstop_radius_px", 0.0)
+    if isinstance(n, int) and radius and radius >= n / 2:
+        raise DesignError(f"{source}: detector/beamstop_radius_px: {radius} covers the whole {n}x{n} detector")
+    if isinstance(n, int) and detector.get("bad_pixels", 0) > n * n // 4:
+        raise DesignError(f"{source}: detector/bad_pixels: {detector['bad_pixels']} is more than a quarter of "
+                          f"the {n}x{n} detector")
+
+
 def _check_rules(raw: dict, source: str) -> None:
     """Rules the schema cannot express; each error names the field."""
     _check_overlap_views(raw, source)
+    _check_realistic(raw, source)
     for i, dose in enumerate(raw["doses"]):
         if abs(dose - round(dose)) > 1e-9:
             raise DesignError(f"{source}: doses/{i}: {dose} is not a whole number of photons")
     keys = [int(round(d)) for d in raw["doses"]]
     if len(set(keys)) != len(keys):
         raise DesignError(f"{source}: doses: two doses share a folder name ({keys})")
+    if "measured" in raw:
+        return  # the parent NPZ gives probe, object and scan (parse_design checks it)
     n = raw["probe"]["size"]
     rows, cols = raw["object"]["shape"]
     margin = raw["scan"].get("margin_px", 0.0)
@@ -267,6 +399,7 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
         raise DesignError(f"{source}: (root): expected a JSON object")
     # Rules that name a field precisely come first where the schema's message is vaguer.
     _check_overlap_views(raw, source)
+    _check_measured_blocks(raw, source)
     errors = validation_errors(raw, "study_design")
     if errors:
         json_path, message = errors[0]
@@ -277,6 +410,17 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
     thresholds = {view: spacing_threshold(f, diameter) for view, f in raw["overlap_views"].items()
                   if not isinstance(f, dict)}
     design = StudyDesign(raw=raw, path=path.resolve(), spacing_thresholds=thresholds)
+    if design.measured is not None:
+        parent = design.resolve(design.measured["npz"])
+        if not parent.is_file():
+            raise DesignError(f"{source}: measured/npz: file not found: {parent}")
+        top = read_measured_parent(parent).dose / design.replicates  # K independent parts of the parent
+        for i, dose in enumerate(design.doses):
+            if dose > top:
+                raise DesignError(f"{source}: doses/{i}: {dose} photons is above what thinning the parent can give "
+                                  f"({read_measured_parent(parent).dose} photons / {design.replicates} "
+                                  f"replicate(s) = {top:g})")
+        return design
     probe = raw["probe"]
     if "npz" in probe and not design.resolve(probe["npz"]).is_file():
         raise DesignError(f"{source}: probe/npz: file not found: {design.resolve(probe['npz'])}")
