@@ -341,33 +341,80 @@ def object_windows(obj: np.ndarray, coords_yx: np.ndarray, n: int) -> np.ndarray
 class ForwardModel:
     """pty-chi's planar far-field forward model for one probe and object, batched.
 
-    ``probe`` may be at any scale: intensities scale with ``|P|^2``.
+    ``probe`` may be at any scale: intensities scale with ``|P|^2``. A ``(K, N, N)`` probe is K
+    mutually incoherent modes: the intensities are the sum over modes of each mode's pattern.
+    ``binning`` b > 1 models a detector with N*b x N*b pixels summed b x b (see
+    :meth:`far_intensities`). One (N, N) probe with b = 1 is pty-chi's model exactly.
     """
 
     probe: np.ndarray
     obj: np.ndarray
     workers: int = 1
+    binning: int = 1
 
     def __post_init__(self) -> None:
         self.n = self.probe.shape[-1]
+        if self.probe.ndim not in (2, 3) or self.probe.shape[-2] != self.n:
+            raise ValueError(f"probe: expected (N, N) or (K, N, N), found shape {self.probe.shape}")
+        if int(self.binning) < 1:
+            raise ValueError(f"binning: expected an integer >= 1, found {self.binning}")
+        self.binning = int(self.binning)
         self.probe_ft = scipy.fft.fft2(self.probe.astype(np.complex128))
         f = np.fft.fftfreq(self.n)
         self._fy, self._fx = f[:, None], f[None, :]
+        self._fine_ramp = None
+        if self.binning > 1:
+            # Multiplying the exit wave by exp(2 pi i r s / (N b)), s = (b - 1)/2, moves the fine
+            # grid by s fine pixels, so that fine pixels b m .. b m + b - 1 sit symmetrically about
+            # the N-grid frequency m / N (the binned pixel's centre).
+            r = np.arange(self.n)
+            line = np.exp(2j * np.pi * r * ((self.binning - 1) / 2.0) / (self.n * self.binning))
+            self._fine_ramp = (line[:, None] * line[None, :]).astype(np.complex64)
 
-    def shifted_probes(self, residuals: np.ndarray) -> np.ndarray:
-        """Probe Fourier-shifted (periodically) by each residual ``(r_y, r_x)``, complex64."""
+    @property
+    def modes(self) -> int:
+        return 1 if self.probe.ndim == 2 else self.probe.shape[0]
+
+    def shifted_probes(self, residuals: np.ndarray, mode: int | None = None) -> np.ndarray:
+        """Probe (mode ``mode`` of a multi-mode probe) Fourier-shifted (periodically) by each residual
+        ``(r_y, r_x)``, complex64."""
+        probe_ft = self.probe_ft if mode is None else self.probe_ft[mode]
         ramp = np.exp(-2j * np.pi * (residuals[:, 0, None, None] * self._fy + residuals[:, 1, None, None] * self._fx))
-        return scipy.fft.ifft2((self.probe_ft[None] * ramp).astype(np.complex64), workers=self.workers)
+        return scipy.fft.ifft2((probe_ft[None] * ramp).astype(np.complex64), workers=self.workers)
 
-    def exit_waves(self, coords_yx: np.ndarray) -> np.ndarray:
+    def exit_waves(self, coords_yx: np.ndarray, mode: int | None = None) -> np.ndarray:
         residuals = subpixel_residuals(coords_yx, self.obj.shape)
-        return self.shifted_probes(residuals) * object_windows(self.obj, coords_yx, self.n)
+        return self.shifted_probes(residuals, mode) * object_windows(self.obj, coords_yx, self.n)
+
+    def far_intensities(self, exit_waves: np.ndarray) -> np.ndarray:
+        """``|fft2(exit)|^2`` on the stored N x N grid, unshifted (DC at [0, 0]).
+
+        With binning b: the exit wave, zero-padded to N b, gives the field on a b times finer
+        frequency grid (a detector with N b pixels); its intensity summed over b x b blocks and
+        divided by b^2 keeps the total (Parseval: sum over N b pixels = (N b)^2 sum |exit|^2).
+        """
+        b = self.binning
+        if b == 1:
+            far = scipy.fft.fft2(exit_waves, workers=self.workers)
+            return far.real ** 2 + far.imag ** 2
+        fine = scipy.fft.fft2(exit_waves * self._fine_ramp, s=(self.n * b, self.n * b), workers=self.workers)
+        intensity = fine.real ** 2 + fine.imag ** 2
+        binned = intensity.reshape(-1, self.n, b, self.n, b).sum(axis=(2, 4), dtype=np.float64)
+        return binned / float(b * b)
 
     def intensities(self, coords_yx: np.ndarray) -> np.ndarray:
         """Expected intensities ``|fft2(exit)|^2``, fft-shifted (DC centred), float32 (n, N, N)."""
-        far = scipy.fft.fft2(self.exit_waves(coords_yx), workers=self.workers)
-        intensity = far.real ** 2 + far.imag ** 2
-        return np.fft.fftshift(intensity, axes=(-2, -1)).astype(np.float32, copy=False)
+        if self.probe.ndim == 2 and self.binning == 1:  # today's model, operation for operation
+            far = scipy.fft.fft2(self.exit_waves(coords_yx), workers=self.workers)
+            intensity = far.real ** 2 + far.imag ** 2
+            return np.fft.fftshift(intensity, axes=(-2, -1)).astype(np.float32, copy=False)
+        residuals = subpixel_residuals(coords_yx, self.obj.shape)
+        windows = object_windows(self.obj, coords_yx, self.n)
+        total = np.zeros((len(windows), self.n, self.n), dtype=np.float64)
+        for mode in range(self.modes):
+            exit_waves = self.shifted_probes(residuals, None if self.probe.ndim == 2 else mode) * windows
+            total += self.far_intensities(exit_waves)
+        return np.fft.fftshift(total, axes=(-2, -1)).astype(np.float32)
 
     def batches(self, coords_yx: np.ndarray, batch_size: int = 256) -> Iterator[tuple[slice, np.ndarray]]:
         for start in range(0, len(coords_yx), batch_size):
@@ -378,3 +425,202 @@ class ForwardModel:
 def amplitude_scale(dose: int, n: int) -> float:
     """``sqrt(dose) / N``: diffraction = sqrt(counts) / amplitude_scale, so sum(d^2)/N^2 ~ T."""
     return math.sqrt(float(dose)) / n
+
+
+# ----------------------------------------------------------------------------------------------
+# Realistic conditions: partially coherent probe, position errors, detector
+# ----------------------------------------------------------------------------------------------
+#: Pupil polynomials x^i y^j of the probe modes k >= 1, in order of total degree (Hermite-like:
+#: mode 1 ~ d/dx P, mode 2 ~ d/dy P, then second derivatives, ...); enough for 9 extra modes.
+MODE_POLYNOMIALS = ((1, 0), (0, 1), (2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3))
+#: A mode whose part orthogonal to the previous ones keeps less than this fraction of its norm is
+#: numerically degenerate (a probe with almost no spectral extent along that polynomial).
+MODE_DEGENERACY_TOL = 1e-6
+
+
+def mode_power_fractions(count: int, power_ratio: float) -> list[float]:
+    """Fraction of the total power in each mode: ``power_ratio**k / sum_j power_ratio**j``."""
+    weights = [float(power_ratio) ** k for k in range(int(count))]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def probe_modes(probe: np.ndarray, count: int, power_ratio: float) -> np.ndarray:
+    """K mutually orthogonal probe modes made from ``probe``, complex128 (K, N, N).
+
+    Mode 0 is ``probe`` (rescaled); mode k >= 1 is the probe's pupil (its FFT) times the k-th
+    polynomial of :data:`MODE_POLYNOMIALS` in the frequencies normalised by the pupil's rms
+    radius, i.e. a derivative of the probe, Gram-Schmidt orthogonalised against the modes before
+    it. Derivative modes keep the probe's band limit and its centre, as the modes of a partially
+    coherent focused beam do. Powers: mode k holds ``power_ratio**k`` of mode 0's, and
+    ``N^2 sum_k sum |P_k|^2 = 1``.
+    """
+    count = int(count)
+    if count < 1 or count - 1 > len(MODE_POLYNOMIALS):
+        raise DesignError(f"probe/modes/count: {count} is outside 1..{len(MODE_POLYNOMIALS) + 1}")
+    n = probe.shape[-1]
+    spectrum = np.fft.fft2(probe.astype(np.complex128))
+    weight = np.abs(spectrum) ** 2
+    f = np.fft.fftfreq(n)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    rms = math.sqrt(float(((fy ** 2 + fx ** 2) * weight).sum() / weight.sum()))
+    if not rms > 0:
+        raise DesignError("probe/modes: the probe has no spectral extent to make further modes from")
+    u, v = fx / rms, fy / rms
+    unit = [spectrum / np.linalg.norm(spectrum)]
+    for i, j in MODE_POLYNOMIALS[:count - 1]:
+        mode = spectrum * (u ** i) * (v ** j)
+        norm0 = np.linalg.norm(mode)
+        for _ in range(2):  # Gram-Schmidt twice: orthogonal to rounding error
+            for previous in unit:
+                mode = mode - np.vdot(previous, mode) * previous
+        norm = np.linalg.norm(mode)
+        if not norm > MODE_DEGENERACY_TOL * norm0:
+            raise DesignError(f"probe/modes/count: the probe cannot give {count} independent modes")
+        unit.append(mode / norm)
+    fractions = mode_power_fractions(count, power_ratio)
+    # Orthonormal spectra -> real space (ifft2 keeps orthogonality), each at N^2 sum|P_k|^2 = fraction.
+    modes = np.stack([np.fft.ifft2(m) for m in unit])
+    modes /= np.sqrt(np.sum(np.abs(modes) ** 2, axis=(-2, -1), keepdims=True)) * n
+    modes *= np.sqrt(np.asarray(fractions))[:, None, None]
+    modes[0] = normalise_probe(probe) * math.sqrt(fractions[0])  # the design's probe itself, not a round trip
+    return modes
+
+
+def rotation_yx(rotation_deg: float) -> np.ndarray:
+    """The 2 x 2 matrix rotating ``(y, x)`` vectors by ``rotation_deg`` (counter-clockwise in the
+    (x, y) plane: x' = x cos - y sin, y' = x sin + y cos)."""
+    a = math.radians(float(rotation_deg))
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, s], [-s, c]])
+
+
+def nominal_positions(true_yx: np.ndarray, errors: dict, seed: int) -> np.ndarray:
+    """The positions an experiment reports, ``(y, x)`` float64, for probes truly at ``true_yx``.
+
+    The model is ``true = c + (1 + scale) R(rotation) (nominal - c) + drift t_i + random_i`` with c
+    the mean true position, ``t_i = i / (n - 1)`` along the scan order, ``drift`` the ``(y, x)``
+    drift over the whole scan and ``random_i ~ N(0, random_px^2)`` per axis (stream
+    ``[seed, 4]``, an (n, 2) draw in (y, x) order); solved here for the nominal positions.
+    """
+    true_yx = np.asarray(true_yx, dtype=np.float64)
+    n_pos = len(true_yx)
+    rng = np.random.default_rng([int(seed), 4])  # stream 4 of the simulation seed: position errors
+    random = rng.standard_normal((n_pos, 2)) * float(errors.get("random_px", 0.0))
+    t = np.arange(n_pos, dtype=np.float64) / max(n_pos - 1, 1)
+    drift = np.asarray(errors.get("drift_px", (0.0, 0.0)), dtype=np.float64)
+    centre = true_yx.mean(axis=0)
+    ideal = true_yx - centre - t[:, None] * drift[None, :] - random  # = (1 + s) R (nominal - c)
+    inverse = rotation_yx(-float(errors.get("rotation_deg", 0.0))) / (1.0 + float(errors.get("scale", 0.0)))
+    return centre + ideal @ inverse.T
+
+
+def position_error_figures(true_yx: np.ndarray, nominal_yx: np.ndarray) -> dict:
+    """RMS and largest distance between the nominal and the true positions, object pixels."""
+    distance = np.hypot(*(np.asarray(nominal_yx) - np.asarray(true_yx)).T)
+    return {"rms_error_px": round(float(np.sqrt(np.mean(distance ** 2))), 6),
+            "max_error_px": round(float(distance.max()), 6)}
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A detector's effects on the patterns (design block ``detector``; defaults: ideal)."""
+
+    readout_noise_adu: float = 0.0
+    adu_per_photon: float = 1.0
+    saturation_photons: int | None = None
+    mask_saturated: bool = True
+    beamstop_radius_px: float = 0.0
+    bad_pixels: int = 0
+    binning: int = 1
+
+    @classmethod
+    def from_design(cls, block: dict) -> Detector:
+        saturation = block.get("saturation_photons")
+        return cls(readout_noise_adu=float(block.get("readout_noise_adu", 0.0)),
+                   adu_per_photon=float(block.get("adu_per_photon", 1.0)),
+                   saturation_photons=None if saturation is None else int(saturation),
+                   mask_saturated=bool(block.get("mask_saturated", True)),
+                   beamstop_radius_px=float(block.get("beamstop_radius_px", 0.0)),
+                   bad_pixels=int(block.get("bad_pixels", 0)), binning=int(block.get("binning", 1)))
+
+    @property
+    def continuous(self) -> bool:
+        """Readout noise makes the counts real numbers (no longer whole photons)."""
+        return self.readout_noise_adu > 0
+
+    @property
+    def masks_saturated(self) -> bool:
+        return self.saturation_photons is not None and self.mask_saturated
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the data carry a mask of pixels not measured (``valid_pixels``)."""
+        return self.beamstop_radius_px > 0 or self.bad_pixels > 0 or self.masks_saturated
+
+
+def beamstop_mask(n: int, radius_px: float) -> np.ndarray:
+    """True inside the beamstop: pixels within ``radius_px`` of the DC pixel ``(N/2, N/2)`` of a
+    DC-centred (fft-shifted) N x N pattern; none for radius 0."""
+    if radius_px <= 0:
+        return np.zeros((n, n), dtype=bool)
+    yy, xx = np.indices((n, n), dtype=np.float64)
+    return np.hypot(yy - n // 2, xx - n // 2) <= float(radius_px)
+
+
+def bad_pixel_mask(n: int, count: int, beamstop: np.ndarray, seed: int) -> np.ndarray:
+    """True at ``count`` dead pixels, fixed for the study: drawn without replacement among the pixels
+    outside the beamstop (stream ``[seed, 6]``)."""
+    mask = np.zeros((n, n), dtype=bool)
+    if count <= 0:
+        return mask
+    candidates = np.flatnonzero(~beamstop.ravel())
+    if count > len(candidates):
+        raise DesignError(f"detector/bad_pixels: {count} dead pixels do not fit in the {len(candidates)} pixels "
+                          f"outside the beamstop")
+    rng = np.random.default_rng([int(seed), 6])  # stream 6 of the simulation seed: dead pixels
+    mask.ravel()[np.sort(rng.choice(candidates, size=int(count), replace=False))] = True
+    return mask
+
+
+def detect(expected: np.ndarray, detector: Detector, beamstop: np.ndarray, bad: np.ndarray,
+           poisson_rng: np.random.Generator,
+           readout_rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of patterns through the detector, in this order: beamstop (no photons arrive) ->
+    Poisson -> ceiling ``min(k, saturation_photons)`` -> readout ``adu = g k + N(0, sigma^2)``,
+    counts ``max(adu / g, 0)`` -> dead pixels read 0.
+
+    ``expected``: float64 (n, N, N) expected photons (binned, DC-centred). Returns the expected
+    photons after the beamstop, the counts (int64, or float64 with readout noise) and where a
+    pattern reached the ceiling (bool). The Poisson draw takes the same numbers from
+    ``poisson_rng`` as without a detector; the readout noise has a stream of its own.
+    """
+    if beamstop.any():
+        expected = np.where(beamstop, 0.0, expected)
+    photons = poisson_rng.poisson(expected)
+    if detector.saturation_photons is not None:
+        saturated = photons >= detector.saturation_photons
+        np.minimum(photons, detector.saturation_photons, out=photons)
+    else:
+        saturated = np.zeros(photons.shape, dtype=bool)
+    if detector.continuous:
+        if readout_rng is None:
+            raise ValueError("detect: readout noise needs its random stream")
+        gain = detector.adu_per_photon
+        adu = gain * photons + detector.readout_noise_adu * readout_rng.standard_normal(photons.shape)
+        counts = np.maximum(adu / gain, 0.0)
+    else:
+        counts = photons
+    if bad.any():
+        counts[:, bad] = 0
+    return expected, counts, saturated
+
+
+def valid_pixel_mask(detector: Detector, beamstop: np.ndarray, bad: np.ndarray,
+                     saturated_any: np.ndarray) -> np.ndarray:
+    """True where a pixel was measured: not beamstop, not dead and (with ``mask_saturated``) never at
+    the ceiling in any pattern of the dose's scan."""
+    valid = ~beamstop & ~bad
+    if detector.masks_saturated:
+        valid &= ~saturated_any
+    return valid
