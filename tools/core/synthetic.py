@@ -53,6 +53,9 @@ INDEX_NAME = "dataset_index.json"
 INDEX_SCHEMA = "dataset_index"
 #: Order of the arrays inside every NPZ.
 NPZ_KEYS = ("diffraction", "Y", "objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index", "_metadata")
+#: The optional members of a design with realistic conditions, after NPZ_KEYS in this order (each
+#: only when its design block asks for it, so an ideal design's files keep today's members).
+OPTIONAL_NPZ_KEYS = ("probe_modes", "nominal_xcoords", "nominal_ycoords", "valid_pixels")
 #: Scan positions per batch. The Poisson draws of a dose are taken batch by batch in scan order,
 #: so this number is part of what defines the files' bytes.
 BATCH_SIZE = 256
@@ -89,6 +92,12 @@ class StudyGeometry:
     scan_meta: dict
     splits: dict[str, np.ndarray]
     selections: dict[tuple[str, str], overlap.Selection]  # (view, split) -> selection
+    # Realistic conditions (None: the ideal study of a design without the block).
+    probe_modes_unit: np.ndarray | None = None  # complex128 (K, N, N), [0] is probe_unit; N^2 sum = 1 in all
+    nominal: np.ndarray | None = None  # float64 (n, 2): the (y, x) positions an experiment reports
+    detector: physics.Detector | None = None
+    beamstop: np.ndarray | None = None  # bool (N, N), DC-centred: no photons arrive
+    bad_pixels: np.ndarray | None = None  # bool (N, N), DC-centred: dead pixels
 
     @property
     def n(self) -> int:
@@ -127,6 +136,9 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
     probe_unit, probe_meta = physics.build_probe(raw["probe"], design.resolve)
     obj, object_meta = physics.build_object(raw["object"], design.resolve, seeds["simulation"])
     coords, scan_meta = physics.build_scan(raw["scan"], design.object_shape, n, seeds["simulation"])
+    realistic = realistic_conditions(design, probe_unit, coords)
+    if realistic["probe_modes_unit"] is not None:
+        probe_unit = realistic["probe_modes_unit"][0]  # mode 0 carries its share of the power only
     splits = overlap.split_indices(coords, design.object_shape)
     for split, idx in splits.items():
         if len(idx) == 0:
@@ -146,7 +158,33 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
                 threshold = 0.0 if view == BASELINE_VIEW else design.spacing_thresholds[view]
                 selection = overlap.select_view(coords, splits[split], threshold, diameter, neighbours, rng)
             selections[(view, split)] = selection
-    return StudyGeometry(design, probe_unit, probe_meta, obj, object_meta, coords, scan_meta, splits, selections)
+    return StudyGeometry(design, probe_unit, probe_meta, obj, object_meta, coords, scan_meta, splits, selections,
+                         **realistic)
+
+
+def realistic_conditions(design: StudyDesign, probe_unit: np.ndarray, coords: np.ndarray) -> dict:
+    """The probe modes, nominal positions and detector of a design's optional blocks (None where absent)."""
+    seed = design.seeds["simulation"]
+    n = design.probe_size
+    modes = design.probe_modes
+    probe_modes_unit = None if modes is None else physics.probe_modes(probe_unit, modes["count"], modes["power_ratio"])
+    errors = design.position_errors
+    nominal = None
+    if errors is not None:
+        nominal = physics.nominal_positions(coords, errors, seed)
+        # The engine places its windows at the nominal positions: each must stay inside the object.
+        outside = ~physics.windows_inside(nominal, design.object_shape, n)
+        if outside.any():
+            raise DesignError(f"{design.path}: position_errors: {int(outside.sum())} nominal positions put the probe "
+                              f"window outside the object (raise scan/margin_px or lower the errors)")
+    block = design.detector
+    detector = beamstop = bad = None
+    if block is not None:
+        detector = physics.Detector.from_design(block)
+        beamstop = physics.beamstop_mask(n, detector.beamstop_radius_px)
+        bad = physics.bad_pixel_mask(n, detector.bad_pixels, beamstop, seed)
+    return {"probe_modes_unit": probe_modes_unit, "nominal": nominal, "detector": detector, "beamstop": beamstop,
+            "bad_pixels": bad}
 
 
 def check_target_reached(design: StudyDesign, view: str, split: str, selection: overlap.Selection) -> None:
@@ -174,6 +212,13 @@ def noise_seed(simulation_seed: int, dose: int, replicate: int = 0) -> int:
     replicate 0 (the seed of a design without replicates), of SeedSequence([sim, 3, dose, r]) for
     replicate r >= 1 (another entropy pool, so another, independent stream)."""
     entropy = [int(simulation_seed), 3, int(dose)] + ([int(replicate)] if replicate else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def readout_seed(simulation_seed: int, dose: int, replicate: int = 0) -> int:
+    """The 32-bit seed of a (dose, replicate)'s readout-noise stream: first word of
+    SeedSequence([sim, 5, dose, replicate]), apart from the Poisson stream, which stays as it is."""
+    entropy = [int(simulation_seed), 5, int(dose), int(replicate)]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
@@ -208,7 +253,8 @@ class ExpectedIntensities:
         if self._spilled:
             yield from self._read_back()
             return
-        model = physics.ForwardModel(g.probe_unit, g.obj)
+        probe = g.probe_unit if g.probe_modes_unit is None else g.probe_modes_unit
+        model = physics.ForwardModel(probe, g.obj, binning=1 if g.detector is None else g.detector.binning)
         if self._spill is not None:
             self._spill.seek(0)
         for sl in _batches(len(g.coords)):
@@ -236,16 +282,53 @@ class DoseCounts:
     dose: int
     amplitude_scale: float
     noise_seed: int
-    counts_total: np.ndarray  # int64 (n,) measured total counts per pattern
+    counts_total: np.ndarray  # int64 (n,) measured total counts per pattern (float64: continuous counts)
     expected_total: np.ndarray  # float64 (n,) expected total counts per pattern
     replicate: int = 0
+    # With a detector block: its readout stream, where the ceiling was reached, and the mask.
+    readout_seed: int | None = None
+    saturated_any: np.ndarray | None = None  # bool (N, N): reached the ceiling in a pattern of the scan
+    saturated_values: np.ndarray | None = None  # int64 (n,): values at the ceiling per pattern
+    valid_pixels: np.ndarray | None = None  # bool (N, N), set once the whole scan is drawn
+    # With a mask, a file's mean counts are over its valid pixels, and the mask is known only once
+    # the whole scan is drawn: per-pixel sums over each file's patterns are kept instead.
+    file_rows: dict[tuple[str, str], np.ndarray] | None = None  # (view, split) -> ascending scan indices
+    measured_pixel_sums: dict[tuple[str, str], np.ndarray] | None = None  # float64 (N, N) each
+    expected_pixel_sums: dict[tuple[str, str], np.ndarray] | None = None
+
+    def mean_counts(self, plan: FilePlan, idx: np.ndarray) -> tuple[float, float]:
+        """Expected and measured counts per pattern of a file (over its valid pixels when masked)."""
+        if self.valid_pixels is None or self.measured_pixel_sums is None:
+            return float(self.expected_total[idx].mean()), float(self.counts_total[idx].mean())
+        key = (plan.view, plan.split)
+        return (float(self.expected_pixel_sums[key][self.valid_pixels].sum()) / len(idx),
+                float(self.measured_pixel_sums[key][self.valid_pixels].sum()) / len(idx))
+
+    def add_pixel_sums(self, sl: slice, expected: np.ndarray, measured: np.ndarray) -> None:
+        for key, indices in self.file_rows.items():
+            rows = rows_in_batch(indices, sl)
+            self.expected_pixel_sums[key] += expected[rows].sum(axis=0)
+            self.measured_pixel_sums[key] += measured[rows].sum(axis=0)
 
     @classmethod
     def start(cls, geometry: StudyGeometry, dose: int, replicate: int = 0) -> DoseCounts:
         n_pos = len(geometry.coords)
-        return cls(dose, physics.amplitude_scale(dose, geometry.n),
-                   noise_seed(geometry.design.seeds["simulation"], dose, replicate),
-                   np.zeros(n_pos, dtype=np.int64), np.zeros(n_pos, dtype=np.float64), replicate)
+        sim = geometry.design.seeds["simulation"]
+        detector = geometry.detector
+        if detector is None:
+            return cls(dose, physics.amplitude_scale(dose, geometry.n), noise_seed(sim, dose, replicate),
+                       np.zeros(n_pos, dtype=np.int64), np.zeros(n_pos, dtype=np.float64), replicate)
+        counts = cls(dose, physics.amplitude_scale(dose, geometry.n), noise_seed(sim, dose, replicate),
+                     np.zeros(n_pos, dtype=np.float64 if detector.continuous else np.int64),
+                     np.zeros(n_pos, dtype=np.float64), replicate,
+                     readout_seed=readout_seed(sim, dose, replicate) if detector.continuous else None,
+                     saturated_any=np.zeros((geometry.n, geometry.n), dtype=bool),
+                     saturated_values=np.zeros(n_pos, dtype=np.int64))
+        if detector.has_mask:
+            counts.file_rows = {(p.view, p.split): p.selection.indices for p in geometry.file_plans(dose, replicate)}
+            counts.measured_pixel_sums = {k: np.zeros((geometry.n, geometry.n)) for k in counts.file_rows}
+            counts.expected_pixel_sums = {k: np.zeros((geometry.n, geometry.n)) for k in counts.file_rows}
+        return counts
 
 
 def unit_label(dose: int, replicate: int = 0) -> str:
@@ -256,20 +339,45 @@ def unit_label(dose: int, replicate: int = 0) -> str:
 def diffraction_batches(expected: ExpectedIntensities, counts: DoseCounts,
                         progress: bool | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Poisson counts of the whole scan at ``counts.dose``, batch by batch in scan order, as
-    float32 ``sqrt(counts) / amplitude_scale``; fills ``counts``' totals on the way."""
+    float32 ``sqrt(counts) / amplitude_scale``; fills ``counts``' totals on the way.
+
+    With a detector block the counts go through :func:`physics.detect`; once the whole scan is
+    drawn, ``counts.valid_pixels`` holds the mask (None when the detector masks nothing).
+    """
     from tqdm import tqdm
 
+    geometry = expected.geometry
+    detector = geometry.detector
     dose, scale = counts.dose, counts.amplitude_scale
     rng = np.random.default_rng(counts.noise_seed)
-    n_pos = len(expected.geometry.coords)
+    readout_rng = None if counts.readout_seed is None else np.random.default_rng(counts.readout_seed)
+    n_pos = len(geometry.coords)
     for sl, unit in tqdm(expected.batches(), total=-(-n_pos // BATCH_SIZE),
                          desc=f"{unit_label(dose, counts.replicate)} diffraction",
                          unit="batch", file=_stderr(), disable=_tqdm_disable(progress), leave=False):
         intensity = unit.astype(np.float64) * dose
-        drawn = rng.poisson(intensity)
-        counts.counts_total[sl] = drawn.sum(axis=(1, 2))
+        if detector is None:  # the ideal photon counter
+            drawn = rng.poisson(intensity)
+            counts.counts_total[sl] = drawn.sum(axis=(1, 2))
+            counts.expected_total[sl] = intensity.sum(axis=(1, 2))
+            yield sl, (np.sqrt(drawn) / scale).astype(np.float32)
+            continue
+        intensity, drawn, saturated = physics.detect(intensity, detector, geometry.beamstop, geometry.bad_pixels,
+                                                     rng, readout_rng)
         counts.expected_total[sl] = intensity.sum(axis=(1, 2))
-        yield sl, (np.sqrt(drawn) / scale).astype(np.float32)
+        counts.saturated_any |= saturated.any(axis=0)
+        counts.saturated_values[sl] = saturated.sum(axis=(1, 2))
+        amplitude = (np.sqrt(drawn) / scale).astype(np.float32)
+        if detector.continuous:
+            # The counts a reader recovers from the stored amplitudes, (d * scale)^2, unrounded.
+            drawn = np.square(amplitude.astype(np.float64) * scale)
+        counts.counts_total[sl] = drawn.sum(axis=(1, 2))
+        if counts.file_rows is not None:
+            counts.add_pixel_sums(sl, intensity, drawn)
+        yield sl, amplitude
+    if detector is not None and detector.has_mask:
+        counts.valid_pixels = physics.valid_pixel_mask(detector, geometry.beamstop, geometry.bad_pixels,
+                                                       counts.saturated_any)
 
 
 def window_batches(geometry: StudyGeometry, desc: str, progress: bool | None = None) -> Iterator[tuple[slice, np.ndarray]]:
@@ -308,6 +416,7 @@ def stream_member(outputs: list[NpzWriter], plans: list[FilePlan], key: str, dty
 
 def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseCounts, idx: np.ndarray) -> dict:
     design = geometry.design
+    expected_mean, measured_mean = data.mean_counts(plan, idx)
     return {
         "schema_version": "1.0",
         "generator": GENERATOR,
@@ -320,8 +429,8 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseCounts, idx
         "view": plan.view,
         "n_images": int(len(idx)),
         "amplitude_scale": data.amplitude_scale,
-        "expected_mean_counts": round(float(data.expected_total[idx].mean()), 6),
-        "measured_mean_counts": round(float(data.counts_total[idx].mean()), 6),
+        "expected_mean_counts": round(expected_mean, 6),
+        "measured_mean_counts": round(measured_mean, 6),
         "seeds": {k: int(v) for k, v in design.seeds.items()},
         "noise_seed": int(data.noise_seed),
         "probe": geometry.probe_meta,
@@ -334,13 +443,49 @@ def file_metadata(geometry: StudyGeometry, plan: FilePlan, data: DoseCounts, idx
         "position_origin": [float(v) for v in position_origin(design.object_shape)],
         # Replicate 0 carries no key, so its bytes stay those of a design without replicates.
         **({"replicate": int(plan.replicate)} if plan.replicate else {}),
+        **realistic_metadata(geometry, data, idx),
     }
 
 
-def small_arrays(geometry: StudyGeometry, plan: FilePlan, dose: int, meta: dict) -> dict:
-    """The members after the per-position images, in file order."""
+def realistic_metadata(geometry: StudyGeometry, data: DoseCounts, idx: np.ndarray) -> dict:
+    """The ``probe_modes``, ``position_errors`` and ``detector`` metadata of a file (only the design's blocks)."""
+    design = geometry.design
+    meta: dict = {}
+    modes = design.probe_modes
+    if modes is not None:
+        meta["probe_modes"] = {
+            "count": int(modes["count"]), "power_ratio": float(modes["power_ratio"]),
+            "power_fractions": [round(f, 9) for f in physics.mode_power_fractions(modes["count"], modes["power_ratio"])],
+        }
+    errors = design.position_errors
+    if errors is not None:
+        meta["position_errors"] = {
+            "random_px": errors["random_px"], "scale": errors["scale"], "rotation_deg": errors["rotation_deg"],
+            "drift_px": list(errors["drift_px"]),
+            **physics.position_error_figures(geometry.coords[idx], geometry.nominal[idx]),
+        }
+    detector = geometry.detector
+    if detector is not None:
+        masked = 0 if data.valid_pixels is None else int((~data.valid_pixels).sum())
+        meta["detector"] = {
+            "readout_noise_adu": detector.readout_noise_adu, "adu_per_photon": detector.adu_per_photon,
+            **({"saturation_photons": detector.saturation_photons} if detector.saturation_photons is not None else {}),
+            "mask_saturated": detector.mask_saturated, "beamstop_radius_px": detector.beamstop_radius_px,
+            "bad_pixels": detector.bad_pixels, "binning": detector.binning,
+            "counts": "continuous" if detector.continuous else "integer",
+            "n_masked_pixels": masked,
+            "n_saturated_values": int(data.saturated_values[idx].sum()),
+            **({"readout_seed": int(data.readout_seed)} if data.readout_seed is not None else {}),
+        }
+    return meta
+
+
+def small_arrays(geometry: StudyGeometry, plan: FilePlan, dose: int, meta: dict,
+                 valid_pixels: np.ndarray | None = None) -> dict:
+    """The members after the per-position images, in file order (the optional ones of
+    OPTIONAL_NPZ_KEYS only where the design has them)."""
     idx = plan.selection.indices
-    return {
+    arrays = {
         "objectGuess": geometry.obj,
         "probeGuess": (geometry.probe_unit * np.sqrt(float(dose))).astype(np.complex64),
         "xcoords": geometry.coords[idx, 1].astype(np.float64),
@@ -348,6 +493,14 @@ def small_arrays(geometry: StudyGeometry, plan: FilePlan, dose: int, meta: dict)
         "scan_index": idx.astype(np.int64),
         "_metadata": np.array(json.dumps(meta, sort_keys=True)),
     }
+    if geometry.probe_modes_unit is not None:  # [0] is probe_unit: the same bytes as probeGuess
+        arrays["probe_modes"] = (geometry.probe_modes_unit * np.sqrt(float(dose))).astype(np.complex64)
+    if geometry.nominal is not None:
+        arrays["nominal_xcoords"] = geometry.nominal[idx, 1].astype(np.float64)
+        arrays["nominal_ycoords"] = geometry.nominal[idx, 0].astype(np.float64)
+    if valid_pixels is not None:
+        arrays["valid_pixels"] = np.ascontiguousarray(valid_pixels, dtype=bool)
+    return arrays
 
 
 def write_dose(geometry: StudyGeometry, dose: int, roots: dict[str, Path], expected: ExpectedIntensities,
@@ -368,8 +521,10 @@ def write_dose(geometry: StudyGeometry, dose: int, roots: dict[str, Path], expec
                       window_batches(geometry, f"{unit_label(dose, replicate)} Y", progress))
         for plan, npz in zip(plans, outputs, strict=True):
             meta = file_metadata(geometry, plan, counts, plan.selection.indices)
-            rest = small_arrays(geometry, plan, dose, meta)
-            assert ("diffraction", "Y", *rest) == NPZ_KEYS
+            rest = small_arrays(geometry, plan, dose, meta, counts.valid_pixels)
+            keys = ("diffraction", "Y", *rest)
+            assert keys[:len(NPZ_KEYS)] == NPZ_KEYS and keys[len(NPZ_KEYS):] == tuple(
+                k for k in OPTIONAL_NPZ_KEYS if k in rest)
             for key, value in rest.items():
                 npz.add(key, value)
             metas.append(meta)
