@@ -1,4 +1,5 @@
-"""gen-synthetic: calibrated Poisson ptychography data of a study design, in pty-chi's conventions."""
+"""gen-synthetic: calibrated Poisson ptychography data of a study design, in pty-chi's conventions
+(or, for a design with a measured parent, a dose ladder thinned from its counts)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import click
 
 from ._cli import CONTEXT_SETTINGS, fail_on_study_error, verbose_option, version_option
-from .core.synthetic import GenerationResult, generate_study
+from .core.synthetic import GenerationResult
+from .core.thinning import generate_data
 
 
 def summary_lines(result: GenerationResult) -> list[str]:
@@ -68,12 +70,19 @@ def cli(design, phase_c_root, phase_d_root, doses, force, as_json, progress):
     finished. An unchanged design with its files present (sha256 checked) regenerates nothing,
     so a rerun after an interruption resumes at the first unfinished dose.
 
+    A design with "measured": {"npz": "parent.npz"} makes a dose ladder from measured data
+    instead: each dose is a seeded binomial thinning of the parent's integer counts (every dose
+    at most the parent's dose / replicates; nested: a lower dose never has more counts in a
+    pixel), written with the same layout, views and indexes (docs/dose_ladders.md).
+
     \b
     Example:
       gen-synthetic --design plans/fly64_dose_overlap/design.json \\
         --phase-c-root tmp/study/phase_c --phase-d-root tmp/study/phase_d --dose 1000
+      gen-synthetic --design plans/my_scan_ladder/design.json \\
+        --phase-c-root tmp/ladder/phase_c --phase-d-root tmp/ladder/phase_d   # thinned from measured/npz
     """
-    result = generate_study(design, phase_c_root, phase_d_root, doses=list(doses), force=force, progress=progress)
+    result = generate_data(design, phase_c_root, phase_d_root, doses=list(doses), force=force, progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
