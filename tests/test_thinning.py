@@ -1,0 +1,347 @@
+"""Dose ladders by binomial thinning of a measured contract NPZ (tools/core/thinning.py, gen-synthetic).
+
+Statistical checks use enough pixels that a 5-sigma band is tight; each states the standard error
+it is built on. A failing seed would need a > 5-sigma fluctuation (p < 6e-7 per check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ptydose.core.contract import check_npz, read_contract_npz
+from ptydose.core.design import load_design
+from ptydose.core.errors import ContractError, DesignError
+from ptydose.core.fileio import sha256_file, write_npz_atomic
+from ptydose.core.jobs import plan_jobs, write_plan
+from ptydose.core.manifests import read_json
+from ptydose.core.thinning import Ladder, chain_seed, generate_ladder, split_parts, thin
+from ptydose.gen_synthetic import cli as gen_cli
+
+SIGMAS = 5.0
+
+
+def _batches(counts: np.ndarray, rows: int = 64):
+    for start in range(0, len(counts), rows):
+        yield slice(start, min(start + rows, len(counts))), counts[start:start + rows]
+
+
+def _chain(counts: np.ndarray, ladder: Ladder, replicate: int) -> dict[int, np.ndarray]:
+    out: dict[int, list[np.ndarray]] = {d: [] for d in ladder.doses}
+    for _, by_dose in ladder.chains(_batches(counts), replicate):
+        for dose, drawn in by_dose.items():
+            out[dose].append(drawn)
+    return {d: np.concatenate(v) for d, v in out.items()}
+
+
+def _assert_mean_var(sample: np.ndarray, mean: float, var: float, fourth_moment_ratio: float = 3.0) -> None:
+    """Sample mean within 5 standard errors (sqrt(var / n)); sample variance within 5 standard
+    errors of a variance estimate, sqrt((mu4/var^2 - 1) / n) relative (3 for near-normal counts)."""
+    n = sample.size
+    assert abs(sample.mean() - mean) < SIGMAS * math.sqrt(var / n), (sample.mean(), mean)
+    rel = SIGMAS * math.sqrt((fourth_moment_ratio - 1.0) / n)
+    assert abs(sample.var() / var - 1.0) < rel, (sample.var(), var, rel)
+
+
+# ----------------------------------------------------------------------------------------------
+# The draws, independently of any file
+# ----------------------------------------------------------------------------------------------
+def test_thinned_counts_are_binomial_draws_of_the_parent():
+    """A uniform parent k: every rung of a chain has per-pixel mean p k and variance p (1 - p) k,
+    p = d / D (the rung's marginal fraction), not the Poisson variance p k."""
+    k = 1000
+    parent = np.full((100, 32, 32), k, dtype=np.int64)  # 102400 pixels
+    ladder = Ladder(parent_dose=100000, doses=(50000, 10000, 1000), replicates=1, simulation_seed=42)
+    chain = _chain(parent, ladder, 0)
+    for dose, drawn in chain.items():
+        p = dose / 100000
+        _assert_mean_var(drawn, p * k, p * (1 - p) * k)
+    # The binomial variance is far from the Poisson one at p = 0.5: 250 vs 500, which the band separates.
+    assert chain[50000].var() < 0.6 * 0.5 * k
+
+
+def test_thinning_a_poisson_parent_gives_poisson_counts():
+    """Poisson(lam) thinned to fraction p is Poisson(p lam): mean = variance = p lam (fourth moment
+    ratio 3 + 1 / (p lam), about 3 here)."""
+    rng = np.random.default_rng(7)
+    lam = 40.0
+    parent = rng.poisson(lam, size=(100, 32, 32))
+    ladder = Ladder(parent_dose=1000, doses=(250, 100), replicates=1, simulation_seed=3)
+    for dose, drawn in _chain(parent, ladder, 0).items():
+        mu = lam * dose / 1000
+        _assert_mean_var(drawn, mu, mu, 3.0 + 1.0 / mu)
+
+
+def test_replicate_parts_sum_to_the_parent_and_are_uncorrelated():
+    """K = 3 parts of a Poisson parent: they sum to the parent exactly; each is Poisson(lam / K);
+    two parts are uncorrelated (|r| < 5 / sqrt(n), the null standard error of a correlation)."""
+    rng = np.random.default_rng(11)
+    lam = 30.0
+    parent = rng.poisson(lam, size=(100, 32, 32))
+    parts = split_parts(parent, 3, np.random.default_rng(5))
+    np.testing.assert_array_equal(sum(parts), parent)
+    for part in parts:
+        assert part.dtype == np.int64 and part.min() >= 0
+        _assert_mean_var(part, lam / 3, lam / 3, 3.0 + 3 / lam)
+    n = parent.size
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        r = np.corrcoef(parts[a].ravel(), parts[b].ravel())[0, 1]
+        assert abs(r) < SIGMAS / math.sqrt(n), r
+    # The conditional split of a fixed k is Binomial(k, 1/K) per part (anti-correlated given k).
+    uniform = split_parts(np.full((100, 32, 32), 900, np.int64), 3, np.random.default_rng(6))
+    _assert_mean_var(uniform[0], 300.0, 900 * (1 / 3) * (2 / 3))
+
+
+def test_replicate_chains_start_from_their_part_at_d_over_k():
+    """With K = 2 and a top rung of exactly D / K, each replicate's top rung is its whole part, so
+    the replicates' top rungs sum to the parent; lower rungs are Binomial(k, d / D) marginally."""
+    k = 800
+    parent = np.full((100, 32, 32), k, dtype=np.int64)
+    ladder = Ladder(parent_dose=10000, doses=(5000, 1000), replicates=2, simulation_seed=42)
+    chains = [_chain(parent, ladder, r) for r in (0, 1)]
+    np.testing.assert_array_equal(chains[0][5000] + chains[1][5000], parent)
+    for chain in chains:
+        _assert_mean_var(chain[1000], 0.1 * k, 0.1 * 0.9 * k)
+    assert not np.array_equal(chains[0][1000], chains[1][1000])
+
+
+def test_chains_are_nested_pixel_by_pixel():
+    """Down a chain no pixel ever gains a count (k_next is a binomial of k_prev)."""
+    rng = np.random.default_rng(1)
+    parent = rng.poisson(20.0, size=(50, 16, 16))
+    ladder = Ladder(parent_dose=1000, doses=(500, 200, 50, 10), replicates=2, simulation_seed=9)
+    for r in (0, 1):
+        chain = _chain(parent, ladder, r)
+        rungs = [chain[d] for d in ladder.doses]
+        assert np.all(rungs[0] <= parent)
+        for upper, lower in zip(rungs, rungs[1:], strict=False):
+            assert np.all(lower <= upper)
+        assert rungs[-1].sum() < rungs[0].sum()
+
+
+def test_draws_are_seeded_and_do_not_depend_on_the_rungs_asked_for():
+    """Same seed, same counts; another simulation seed, other counts; stopping the chain early
+    leaves the rungs above it unchanged; the seed is SeedSequence([sim, 7, dose, r])'s first word."""
+    parent = np.random.default_rng(2).poisson(50.0, size=(40, 16, 16))
+    ladder = Ladder(parent_dose=1000, doses=(400, 100), replicates=1, simulation_seed=42)
+    first, again = _chain(parent, ladder, 0), _chain(parent, ladder, 0)
+    for dose in ladder.doses:
+        np.testing.assert_array_equal(first[dose], again[dose])
+    top_only = [d[400] for _, d in ladder.chains(_batches(parent), 0, down_to=400)]
+    np.testing.assert_array_equal(np.concatenate(top_only), first[400])
+    other = _chain(parent, Ladder(1000, (400, 100), 1, 43), 0)
+    assert not np.array_equal(other[400], first[400])
+    assert chain_seed(42, 400, 0) == int(np.random.SeedSequence([42, 7, 400, 0]).generate_state(1)[0])
+
+
+def test_thin_refuses_a_fraction_outside_0_1():
+    with pytest.raises(ValueError, match="not in"):
+        thin(np.ones(3, np.int64), 1.5, np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: a parent made from the smoke study's high dose
+# ----------------------------------------------------------------------------------------------
+def whole_scan_parent(phase_c_root: Path, dose: int, out: Path, extra: dict | None = None,
+                      metadata_update: dict | None = None) -> Path:
+    """One contract NPZ holding the whole scan of a generated dose (train and test in scan order),
+    as a measured scan would be: the parent of a ladder."""
+    a = read_contract_npz(phase_c_root / f"dose_{dose}" / "patched_train.npz")
+    b = read_contract_npz(phase_c_root / f"dose_{dose}" / "patched_test.npz")
+    order = np.argsort(np.concatenate([a["scan_index"], b["scan_index"]]), kind="stable")
+    members = {key: np.concatenate([a[key], b[key]])[order] for key in ("diffraction", "Y")}
+    members["objectGuess"], members["probeGuess"] = a["objectGuess"], a["probeGuess"]
+    for key in ("xcoords", "ycoords", "scan_index"):
+        members[key] = np.concatenate([a[key], b[key]])[order]
+    n = len(order)
+    totals = np.concatenate([a.counts(), b.counts()]).sum(axis=(1, 2))
+    meta = dict(a.metadata)
+    meta.update(n_images=n, measured_mean_counts=round(float(totals.mean()), 6),
+                selection={**meta["selection"], "n_accepted": n, "n_rejected": 0, "acceptance_rate": 1.0},
+                **(metadata_update or {}))
+    members["_metadata"] = np.array(json.dumps(meta, sort_keys=True))
+    for key, value in (extra or {}).items():
+        members[key] = value(members) if callable(value) else value
+    write_npz_atomic(out, members)
+    return out
+
+
+def measured_design(smoke_design_path: Path, folder: Path, parent: str, doses: list[int], replicates: int = 1,
+                    **extra) -> Path:
+    raw = json.loads(smoke_design_path.read_text())
+    for key in ("probe", "object", "scan"):
+        raw.pop(key)
+    raw.update(name="smoke_ladder", doses=doses, measured={"npz": parent}, **extra)
+    if replicates > 1:
+        raw["replicates"] = replicates
+    path = folder / "design.json"
+    path.write_text(json.dumps(raw, indent=2))
+    return path
+
+
+@pytest.fixture(scope="module")
+def parent_file(smoke_data, tmp_path_factory) -> Path:
+    return whole_scan_parent(smoke_data["phase_c_root"], 100000, tmp_path_factory.mktemp("parent") / "parent.npz")
+
+
+@pytest.fixture(scope="module")
+def ladder_data(parent_file, smoke_design_path, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("ladder")
+    (folder / "parent.npz").write_bytes(parent_file.read_bytes())
+    design = measured_design(smoke_design_path, folder, "parent.npz", [1000, 10000, 50000], replicates=2)
+    result = generate_ladder(load_design(design), folder / "phase_c", folder / "phase_d", progress=False)
+    return {"design": design, "phase_c_root": folder / "phase_c", "phase_d_root": folder / "phase_d",
+            "parent": folder / "parent.npz", "result": result}
+
+
+def test_children_pass_the_contract_and_record_their_thinning(ladder_data):
+    """Every child validates (full check); metadata names the parent, its sha256 and dose, the
+    fraction d / D, the replicate and the chain seed; ground_truth is false; probeGuess is the
+    parent's scaled by sqrt(d / D); objectGuess is the parent's."""
+    parent = read_contract_npz(ladder_data["parent"])
+    files = ladder_data["result"].files
+    assert len(files) == 3 * 2 * 3 * 2  # doses x replicates x views x splits
+    for entry in files:
+        root = ladder_data["phase_c_root"] if entry["root"] == "phase_c" else ladder_data["phase_d_root"]
+        path = root / entry["path"]
+        report = check_npz(path, full=True)
+        assert report.ok, report.lines()
+        child = read_contract_npz(path)
+        meta = child.metadata
+        dose, replicate = entry["dose"], entry.get("replicate", 0)
+        assert meta["dose"] == dose and meta.get("replicate", 0) == replicate
+        assert meta["ground_truth"] is False
+        assert meta["thinning"] == {"parent": "parent.npz", "parent_sha256": sha256_file(ladder_data["parent"]),
+                                    "parent_dose": 100000, "fraction": dose / 100000, "replicate": replicate,
+                                    "seed": chain_seed(42, dose, replicate)}
+        assert meta["noise_seed"] == meta["thinning"]["seed"] == entry["noise_seed"]
+        np.testing.assert_array_equal(child["objectGuess"], parent["objectGuess"])
+        np.testing.assert_allclose(child["probeGuess"], parent["probeGuess"] * math.sqrt(dose / 100000), rtol=1e-6,
+                                   atol=1e-6 * np.abs(parent["probeGuess"]).max())
+        rows = np.searchsorted(parent["scan_index"], child["scan_index"])
+        np.testing.assert_array_equal(parent["scan_index"][rows], child["scan_index"])
+        np.testing.assert_array_equal(child["Y"], parent["Y"][rows])
+        np.testing.assert_array_equal(child["xcoords"], parent["xcoords"][rows])
+        # Each child count is a thinning of the parent's (K = 2: of a part of it).
+        assert np.all(child.counts() <= parent.counts()[rows])
+        assert meta["expected_mean_counts"] == pytest.approx(
+            parent.counts()[rows].sum(axis=(1, 2)).mean() * dose / 100000, rel=1e-6)
+
+
+def test_views_select_the_parent_positions_as_for_simulated_data(ladder_data, smoke_data):
+    """The parent is the smoke study's whole scan, so the ladder's views and splits hold exactly the
+    positions (scan indices and selection figures) the simulated study's do."""
+    for entry in ladder_data["result"].files:
+        if entry.get("replicate", 0) or entry["dose"] != 1000:
+            continue
+        root = "phase_c_root" if entry["root"] == "phase_c" else "phase_d_root"
+        child = read_contract_npz(ladder_data[root] / entry["path"], check_values=False, keys=("scan_index",))
+        simulated = read_contract_npz(smoke_data[root] / entry["path"], check_values=False, keys=("scan_index",))
+        np.testing.assert_array_equal(child["scan_index"], simulated["scan_index"])
+        assert child.metadata["selection"] == simulated.metadata["selection"]
+
+
+def test_doses_are_nested_within_a_replicate(ladder_data):
+    """Within a replicate, a lower dose's counts never exceed a higher dose's, pixel by pixel."""
+    for rep in ("", "rep1/"):
+        counts = {d: read_contract_npz(ladder_data["phase_c_root"] / f"dose_{d}/{rep}patched_train.npz").counts()
+                  for d in (1000, 10000, 50000)}
+        assert np.all(counts[1000] <= counts[10000]) and np.all(counts[10000] <= counts[50000])
+        assert counts[1000].sum() < counts[10000].sum() < counts[50000].sum()
+
+
+def test_the_two_replicates_at_d_over_k_sum_to_the_parent(ladder_data):
+    """Doses 50000 = D / 2 of replicates 0 and 1 are the two parts of the parent's split."""
+    parent = read_contract_npz(ladder_data["parent"])
+    halves = [read_contract_npz(ladder_data["phase_c_root"] / f"dose_50000/{rep}patched_test.npz")
+              for rep in ("", "rep1/")]
+    rows = np.searchsorted(parent["scan_index"], halves[0]["scan_index"])
+    np.testing.assert_array_equal(halves[0].counts() + halves[1].counts(), parent.counts()[rows])
+
+
+def test_same_design_same_bytes_and_a_dose_alone_is_the_same_draw(ladder_data, tmp_path):
+    """A second generation (elsewhere) writes the same bytes, and asking for the lowest dose alone
+    (through the CLI) gives the very files the whole ladder gave: the chain is drawn from its top."""
+    again = generate_ladder(load_design(ladder_data["design"]), tmp_path / "c", tmp_path / "d", progress=False)
+    assert [(e["path"], e["sha256"]) for e in again.files] == [(e["path"], e["sha256"]) for e in
+                                                                ladder_data["result"].files]
+    result = CliRunner().invoke(gen_cli, ["--design", str(ladder_data["design"]), "--phase-c-root",
+                                          str(tmp_path / "c1"), "--phase-d-root", str(tmp_path / "d1"),
+                                          "--dose", "1000", "--no-progress", "--json"])
+    assert result.exit_code == 0, result.output
+    alone = json.loads(result.stdout)["files"]
+    assert {(e["path"], e["sha256"]) for e in alone} == {(e["path"], e["sha256"]) for e in
+                                                         ladder_data["result"].files if e["dose"] == 1000}
+
+
+def test_rerun_regenerates_nothing(ladder_data):
+    """An unchanged design with its files present is up to date (sha256 checked)."""
+    result = generate_ladder(load_design(ladder_data["design"]), ladder_data["phase_c_root"],
+                             ladder_data["phase_d_root"], progress=False)
+    assert result.generated_doses == [] and result.up_to_date_doses == [1000, 10000, 50000]
+
+
+def test_a_dose_above_d_over_k_is_refused_naming_it(parent_file, smoke_design_path, tmp_path):
+    """D = 1e5 and K = 2: a dose of 60000 > D / K is a one-line error naming doses/<i>."""
+    (tmp_path / "parent.npz").write_bytes(parent_file.read_bytes())
+    design = measured_design(smoke_design_path, tmp_path, "parent.npz", [1000, 60000], replicates=2)
+    result = CliRunner().invoke(gen_cli, ["--design", str(design), "--phase-c-root", str(tmp_path / "c"),
+                                          "--phase-d-root", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert line.startswith(f"Error: {design}: doses/1: 60000") and "50000" in line and "\n" not in line
+    assert not (tmp_path / "c").exists()
+    design = measured_design(smoke_design_path, tmp_path, "parent.npz", [200000])
+    with pytest.raises(DesignError, match=r"doses/0: 200000"):
+        generate_ladder(load_design(design), tmp_path / "c", tmp_path / "d")
+
+
+def test_a_parent_with_continuous_counts_is_refused(smoke_data, smoke_design_path, tmp_path):
+    """Readout-noise counts are not photon counts: thinning them is refused in one line naming the key."""
+    parent = whole_scan_parent(smoke_data["phase_c_root"], 100000, tmp_path / "parent.npz", metadata_update={
+        "detector": {"readout_noise_adu": 1.0, "adu_per_photon": 1.0, "saturation_photons": None,
+                     "mask_saturated": True, "beamstop_radius_px": 0.0, "bad_pixels": 0, "binning": 1,
+                     "counts": "continuous", "n_masked_pixels": 0, "n_saturated_values": 0, "readout_seed": 1}})
+    design = measured_design(smoke_design_path, tmp_path, "parent.npz", [1000])
+    with pytest.raises((ContractError, DesignError)) as caught:
+        generate_ladder(load_design(design), tmp_path / "c", tmp_path / "d")
+    line = str(caught.value)
+    assert line.startswith(f"{parent}: _metadata/detector") and "\n" not in line
+
+
+def test_a_parent_holding_half_the_scan_is_refused(smoke_data, smoke_design_path, tmp_path):
+    """A ladder's splits are halves of the parent's scan: a parent of one split leaves the other empty."""
+    (tmp_path / "parent.npz").write_bytes((smoke_data["phase_c_root"] / "dose_100000/patched_train.npz").read_bytes())
+    design = measured_design(smoke_design_path, tmp_path, "parent.npz", [1000])
+    with pytest.raises(DesignError, match="measured/npz: the parent has no positions in the test split"):
+        generate_ladder(load_design(design), tmp_path / "c", tmp_path / "d")
+
+
+def test_a_missing_parent_is_a_one_line_error(smoke_design_path, tmp_path):
+    design = measured_design(smoke_design_path, tmp_path, "nowhere.npz", [1000])
+    result = CliRunner().invoke(gen_cli, ["--design", str(design), "--phase-c-root", str(tmp_path / "c"),
+                                          "--phase-d-root", str(tmp_path / "d")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "measured/npz" in result.output and "nowhere.npz" in result.output
+
+
+@pytest.mark.slow
+def test_a_ladder_plans_and_runs_like_any_data(ladder_data, tmp_path):
+    """plan-jobs and run-ptychi take the thinned files as they take simulated ones (2 epochs)."""
+    from ptydose.run_ptychi import cli as run_cli
+
+    plan = plan_jobs(ladder_data["design"], ladder_data["phase_c_root"], ladder_data["phase_d_root"],
+                     tmp_path / "art", doses=[1000], views=["sparse"], splits=["train"], num_epochs=2)
+    manifest = write_plan(plan).manifest_path
+    jobs = read_json(manifest, "reconstruction_manifest")["jobs"]
+    assert sorted(j["id"] for j in jobs) == ["dose_1000/sparse/train", "dose_1000/sparse/train/rep1"]
+    result = CliRunner().invoke(run_cli, ["--manifest", str(manifest), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for job in jobs:
+        job_result = read_json(Path(job["output_dir"]) / "result.json", "job_result")
+        assert (job_result["status"], job_result["epochs"]) == ("ok", 2)
