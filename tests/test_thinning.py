@@ -159,12 +159,24 @@ def whole_scan_parent(phase_c_root: Path, dose: int, out: Path, extra: dict | No
     for key in ("xcoords", "ycoords", "scan_index"):
         members[key] = np.concatenate([a[key], b[key]])[order]
     n = len(order)
+    # Optional members, in contract order after the eight: per-pattern ones joined like the
+    # coordinates, the others (a dose's probe modes and detector mask) shared by both splits.
+    optional = {}
+    if "probe_modes" in a.arrays:
+        optional["probe_modes"] = a["probe_modes"]
+    for key in ("nominal_xcoords", "nominal_ycoords"):
+        if key in a.arrays:
+            optional[key] = np.concatenate([a[key], b[key]])[order]
+    if "valid_pixels" in a.arrays:
+        np.testing.assert_array_equal(a["valid_pixels"], b["valid_pixels"])
+        optional["valid_pixels"] = a["valid_pixels"]
     totals = np.concatenate([a.counts(), b.counts()]).sum(axis=(1, 2))
     meta = dict(a.metadata)
     meta.update(n_images=n, measured_mean_counts=round(float(totals.mean()), 6),
                 selection={**meta["selection"], "n_accepted": n, "n_rejected": 0, "acceptance_rate": 1.0},
                 **(metadata_update or {}))
     members["_metadata"] = np.array(json.dumps(meta, sort_keys=True))
+    members.update(optional)
     for key, value in (extra or {}).items():
         members[key] = value(members) if callable(value) else value
     write_npz_atomic(out, members)
@@ -284,6 +296,57 @@ def test_rerun_regenerates_nothing(ladder_data):
     result = generate_ladder(load_design(ladder_data["design"]), ladder_data["phase_c_root"],
                              ladder_data["phase_d_root"], progress=False)
     assert result.generated_doses == [] and result.up_to_date_doses == [1000, 10000, 50000]
+
+
+def test_a_realistic_parent_passes_its_mask_nominal_positions_and_probe_modes_on(smoke_design_path, tmp_path):
+    """A parent with a beamstop and dead pixels, position errors and two probe modes: children keep
+    valid_pixels and the nominal positions of their rows, probe_modes scaled by sqrt(d / D), hold
+    no counts at masked pixels, pass the contract, and are selected on the nominal positions."""
+    from ptydose.core import overlap
+    from ptydose.core.synthetic import generate_study
+
+    raw = json.loads(smoke_design_path.read_text())
+    raw["probe"]["modes"] = {"count": 2, "power_ratio": 0.3}
+    raw["position_errors"] = {"random_px": 0.5, "scale": 0.05, "rotation_deg": 4.0}
+    raw["detector"] = {"beamstop_radius_px": 2.0, "bad_pixels": 5}
+    raw["doses"] = [100000]
+    (tmp_path / "sim").mkdir()
+    sim_design = tmp_path / "sim" / "design.json"
+    sim_design.write_text(json.dumps(raw))
+    generate_study(sim_design, tmp_path / "sim" / "c", tmp_path / "sim" / "d", progress=False)
+    parent_path = whole_scan_parent(tmp_path / "sim" / "c", 100000, tmp_path / "parent.npz")
+    parent = read_contract_npz(parent_path)
+    assert {"probe_modes", "nominal_xcoords", "valid_pixels"} <= set(parent.arrays)
+    design = measured_design(smoke_design_path, tmp_path, "parent.npz", [1000, 20000])
+    result = generate_ladder(load_design(design), tmp_path / "c", tmp_path / "d", progress=False)
+    mask = parent.valid_pixels()
+    assert not mask.all()
+    nominal = np.stack([parent["nominal_ycoords"], parent["nominal_xcoords"]], axis=1)
+    true = np.stack([parent["ycoords"], parent["xcoords"]], axis=1)
+    # The errors are large enough that the nominal positions split the scan differently (4 degrees
+    # move positions near the cut row by over a pixel): the check below can tell which were used.
+    by_true = overlap.split_indices(true, parent["objectGuess"].shape)["train"]
+    assert not np.array_equal(overlap.split_indices(nominal, parent["objectGuess"].shape)["train"], by_true)
+    for entry in result.files:
+        path = (tmp_path / ("c" if entry["root"] == "phase_c" else "d")) / entry["path"]
+        assert check_npz(path, full=True).ok, check_npz(path).lines()
+        child = read_contract_npz(path)
+        rows = np.searchsorted(parent["scan_index"], child["scan_index"])
+        np.testing.assert_array_equal(child.valid_pixels(), mask)
+        assert np.all(child.counts()[:, ~mask] == 0) and child.counts()[:, mask].sum() > 0
+        np.testing.assert_array_equal(child["nominal_xcoords"], parent["nominal_xcoords"][rows])
+        np.testing.assert_array_equal(child["xcoords"], parent["xcoords"][rows])
+        scale = math.sqrt(entry["dose"] / 100000)
+        np.testing.assert_allclose(child["probe_modes"], parent["probe_modes"] * scale, rtol=1e-6,
+                                   atol=1e-6 * np.abs(parent["probe_modes"]).max())
+        assert child.metadata["position_errors"] == parent.metadata["position_errors"]
+        if entry["view"] == "baseline":
+            split = overlap.split_indices(nominal, parent["objectGuess"].shape)[entry["split"]]
+            np.testing.assert_array_equal(child["scan_index"], parent["scan_index"][split])
+    with np.load(path, allow_pickle=False) as npz:
+        assert list(npz.files) == ["diffraction", "Y", "objectGuess", "probeGuess", "xcoords", "ycoords",
+                                   "scan_index", "_metadata", "probe_modes", "nominal_xcoords",
+                                   "nominal_ycoords", "valid_pixels"]
 
 
 def test_a_dose_above_d_over_k_is_refused_naming_it(parent_file, smoke_design_path, tmp_path):
