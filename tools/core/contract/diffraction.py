@@ -1,5 +1,10 @@
 """Diffraction value checks, accumulated band by band: finite, >= 0, amplitude not intensity,
-integer counts (within the float32 tolerance of ``spec``), the measured mean counts, DC centred."""
+integer counts (within the float32 tolerance of ``spec``), the measured mean counts, DC centred.
+
+With a detector mask (``valid_pixels``) the masked pixels' values are not measurements: only
+finiteness and ``>= 0`` look at them; the statistics (amplitude not intensity, integer counts,
+``measured_mean_counts``, DC centred) use the valid pixels alone. With continuous counts (readout
+noise) the integer rule does not apply and the mean counts are unrounded."""
 
 from __future__ import annotations
 
@@ -37,8 +42,13 @@ class DiffractionStats:
     worst_frac: float = 0.0
     worst_at: str = ""
     too_large: int = 0
-    total_counts: int = 0
+    total_counts: float = 0  # int for integer counts
     pattern_sum: np.ndarray | None = None  # sum of diffraction^2 over patterns: where the DC sits
+    valid: np.ndarray | None = None  # bool (N, N) detector mask; None: every pixel is a measurement
+    # False when the file has a mask that is itself wrong: which values are measurements is then
+    # unknown, so only finiteness and >= 0 are reported (not a cascade of statistics errors).
+    statistics: bool = True
+    continuous: bool = False  # readout noise: counts are not integers
 
 
 def scan_diffraction_chunk(start: int, chunk: np.ndarray, scale: float | None, st: DiffractionStats) -> None:
@@ -56,15 +66,21 @@ def scan_diffraction_chunk(start: int, chunk: np.ndarray, scale: float | None, s
     if values.ravel()[low] < st.min_value:
         st.min_value, st.min_at = float(values.ravel()[low]), index_text(low, chunk.shape, start)
     st.negative += int((values < 0).sum())
+    if st.valid is not None:
+        values *= st.valid  # masked pixels count as 0 in every statistic below
     st.sum_sq += float(np.vdot(values, values))  # vdot flattens: sum of squares
     work = np.multiply(values, values)  # one float64 scratch buffer, reused below (memory stays ~4 copies)
     intensity = work.sum(axis=0)
     st.pattern_sum = intensity if st.pattern_sum is None else st.pattern_sum + intensity
-    st.n_values += values.size
+    st.n_values += values.size if st.valid is None else values.shape[0] * int(st.valid.sum())
     st.max_value = max(st.max_value, float(values.max()))
     if st.integer_valued:
         st.integer_valued = bool(np.array_equal(values, np.rint(values, out=work)))
     if scale is None:
+        return
+    if st.continuous:
+        counts = np.multiply(values, scale, out=work)
+        st.total_counts += float(np.vdot(counts, counts))  # sum of (values * scale)**2, unrounded
         return
     counts = np.multiply(values, scale, out=work)
     np.square(counts, out=counts)  # (values * scale)**2, elementwise as before
@@ -108,6 +124,8 @@ def report_diffraction(st: DiffractionStats, scale: float | None, metadata: dict
         report.error(key, f"{st.nonfinite} non-finite values (expected all finite, found {st.first_nonfinite})")
     if st.negative:
         report.error(key, f"{st.negative} negative values (expected >= 0, found {st.min_value:.6g} at index {st.min_at})")
+    if not st.statistics:
+        return
     if st.pattern_sum is not None and _dc_at_corners(st.pattern_sum):
         report.warn(key, "most intensity sits at the frame corners, not the centre: DC looks unshifted "
                          "(expected DC-centred patterns, i.e. np.fft.fftshift applied)")
@@ -120,12 +138,12 @@ def report_diffraction(st: DiffractionStats, scale: float | None, metadata: dict
             report.error(key, f"looks like raw counts, not normalised amplitude (expected sqrt(counts) / "
                               f"amplitude_scale, found integer values up to {st.max_value:.6g})")
         return
-    if st.noninteger:
+    if st.noninteger and not st.continuous:
         report.error(key, f"counts not recoverable as integers: {st.noninteger} of {st.n_values} values have "
                           f"|c - round(c)| > {COUNTS_REL_TOL:.2g} * c for c = (diffraction * amplitude_scale)^2 "
                           f"(expected integers, found |c - round(c)| = {st.worst_frac:.3g} for {st.worst_at})")
         return
-    if st.too_large:
+    if st.too_large and not st.continuous:
         report.warn(key, f"{st.too_large} values exceed {MAX_VERIFIABLE_COUNTS:.0f} counts, where float32 amplitudes "
                          f"cannot prove integer counts (expected counts < 2^20, found max "
                          f"{(st.max_value * scale) ** 2:.6g})")

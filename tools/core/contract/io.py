@@ -32,7 +32,11 @@ from .spec import (
     DEFAULT_CHUNK_BYTES,
     FILE_KEY,
     METADATA_KEY,
+    NOMINAL_KEYS,
+    OPTIONAL,
+    OPTIONAL_KEYS,
     FileReport,
+    continuous_counts,
     counts_from_diffraction,
     size_text,
 )
@@ -52,6 +56,8 @@ class ContractData:
     arrays: dict[str, np.ndarray]
     metadata: dict
     warnings: list[str]
+    #: Every contract member the file holds, loaded or not: a getter can tell "absent" from "not loaded".
+    members: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.arrays[key]
@@ -64,9 +70,34 @@ class ContractData:
     def amplitude_scale(self) -> float:
         return float(self.metadata["amplitude_scale"])
 
+    @property
+    def continuous_counts(self) -> bool:
+        """True when the detector's readout noise makes the counts continuous (``_metadata/detector/counts``)."""
+        return continuous_counts(self.metadata)
+
     def counts(self) -> np.ndarray:
-        """Integer counts recovered from the diffraction amplitudes (int64, (n, N, N))."""
-        return counts_from_diffraction(self.arrays["diffraction"], self.amplitude_scale)
+        """Counts recovered from the diffraction amplitudes, (n, N, N): integers (int64), or with
+        continuous counts the unrounded ``(diffraction * amplitude_scale)**2`` (float64)."""
+        return counts_from_diffraction(self.arrays["diffraction"], self.amplitude_scale, self.continuous_counts)
+
+    def _optional(self, key: str) -> np.ndarray | None:
+        if key in self.arrays:
+            return self.arrays[key]
+        if key in self.members:
+            raise ContractError(f"{self.path}: {key}: in the file but not loaded (expected it among the keys read)")
+        return None
+
+    def valid_pixels(self) -> np.ndarray | None:
+        """The detector mask, bool (N, N), True = measured; None when every pixel is measured."""
+        return self._optional("valid_pixels")
+
+    def engine_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` float64 (n,): the positions an experiment reports, which an engine gets:
+        ``nominal_xcoords/nominal_ycoords`` when the file has them, else ``xcoords/ycoords``."""
+        x, y = (self._optional(key) for key in NOMINAL_KEYS)
+        if x is None or y is None:
+            return self.arrays["xcoords"], self.arrays["ycoords"]
+        return x, y
 
 
 def check_npz(path: str | os.PathLike, full: bool = True, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> FileReport:
@@ -124,10 +155,11 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, key
     ``memory_limit`` bytes); with ``check_values`` the loaded arrays get the full value checks
     too. ``keys`` loads only those arrays (``()``: the checked metadata alone, without reading any
     array data); value checks need every array, so they go with ``keys=None`` only.
-    Raises :class:`ContractError` with the first problem line. ``xcoords``/``ycoords`` are
-    returned as float64 even when stored as float32 (a warning).
+    Raises :class:`ContractError` with the first problem line. ``xcoords``/``ycoords`` (and the
+    nominal ones) are returned as float64 even when stored as float32 (a warning). ``keys=None``
+    loads the optional members the file has too; an optional member named in ``keys`` that the
+    file lacks is skipped (its getter, e.g. :meth:`ContractData.valid_pixels`, returns None).
     """
-    wanted = ARRAY_KEYS if keys is None else tuple(keys)
     if check_values and keys is not None:
         raise ValueError("value checks need every array: use keys=None with check_values=True")
     report = FileReport(path=Path(path))
@@ -141,6 +173,9 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, key
         report.error(FILE_KEY, f"could not be checked ({type(exc).__name__}: {exc})")
     if report.errors:
         raise ContractError(report.lines()[0])
+    present = (*ARRAY_KEYS, *(key for key in OPTIONAL_KEYS if key in insp.headers))
+    # An optional member the file lacks is simply not loaded: its getter then returns None.
+    wanted = present if keys is None else tuple(key for key in keys if key not in OPTIONAL or key in insp.headers)
     _refuse_beyond_memory(report.path, {key: insp.headers[key].declared_bytes for key in wanted if key in insp.headers},
                           VALUE_CHECK_WORKING_BYTES if check_values else 0, memory_limit)
     arrays = _load_arrays(report.path, wanted)
@@ -148,11 +183,12 @@ def read_contract_npz(path: str | os.PathLike, *, check_values: bool = True, key
         check_array_values(ArraySource(arrays), insp, report, DEFAULT_CHUNK_BYTES)
         if report.errors:
             raise ContractError(report.lines()[0])
-    for key in ("xcoords", "ycoords"):
+    for key in ("xcoords", "ycoords", *NOMINAL_KEYS):
         if key in arrays:
             arrays[key] = arrays[key].astype(np.float64, copy=False)
     return ContractData(path=report.path, arrays=arrays, metadata=insp.metadata or {},
-                        warnings=[p.line(report.path, warning=True) for p in report.warnings])
+                        warnings=[p.line(report.path, warning=True) for p in report.warnings],
+                        members=frozenset(present) | {METADATA_KEY})
 
 
 def read_npz_arrays(path: str | os.PathLike, required: dict[str, str], optional: dict[str, str] | None = None, *,
@@ -196,11 +232,16 @@ def write_contract_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], m
 
     The same arrays and metadata give the same bytes. Written to a temporary file in the same
     folder and renamed, so a reader never sees half a file. Arrays are cast to the contract
-    dtypes; ``metadata`` is stored as a 0-d unicode JSON string (never an object array).
+    dtypes; ``metadata`` is stored as a 0-d unicode JSON string (never an object array). The
+    optional members in ``arrays`` (``probe_modes``, ``nominal_xcoords``, ``nominal_ycoords``,
+    ``valid_pixels``) follow ``_metadata`` in that order; other keys are not written.
     """
     path = Path(path)
     members = {key: np.ascontiguousarray(arrays[key], dtype=CONTRACT[key].dtype) for key in ARRAY_KEYS}
     members[METADATA_KEY] = np.array(json.dumps(metadata, sort_keys=True))
+    for key in OPTIONAL_KEYS:
+        if key in arrays:
+            members[key] = np.ascontiguousarray(arrays[key], dtype=OPTIONAL[key].dtype)
     write_npz_atomic(path, members)
     return path
 

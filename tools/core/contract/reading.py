@@ -22,12 +22,12 @@ import numpy as np
 
 from .spec import (
     BOMB_MIN_BYTES,
-    CONTRACT,
     FILE_KEY,
     MAX_CENTRAL_DIRECTORY_BYTES,
     MAX_COMPRESSION_RATIO,
     MAX_DEFLATE_RATIO,
     MAX_NPY_HEADER_BYTES,
+    MEMBERS,
     NPY_MAGIC,
     ZIP_LOCAL_MAGIC,
     FileReport,
@@ -247,7 +247,7 @@ def read_member_headers(zf: zipfile.ZipFile, size: int, report: FileReport) -> d
             report.error(key, f"cannot read zip member ({type(exc).__name__}: {exc})")
             continue
         if header.dtype.hasobject:
-            expected = CONTRACT[key].dtype_name if key in CONTRACT else "a numeric dtype"
+            expected = MEMBERS[key].dtype_name if key in MEMBERS else "a numeric dtype"
             report.error(key, f"object array: loading it would need pickle, so it was not loaded "
                               f"(expected {expected}, found dtype object {header.dtype.str!r})")
             continue

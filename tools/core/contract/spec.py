@@ -59,6 +59,12 @@ NORMALISED_MEAN_SQUARE_LIMIT = 4.0
 AMPLITUDE_SCALE_REL_TOL = 1e-6
 # measured_mean_counts comes from the same integer counts; 1e-6 covers summation order.
 MEAN_COUNTS_REL_TOL = 1e-6
+# N^2 sum |probe|^2 = dose. complex64 rounding moves each |P|^2 by at most ~2^-23 relative, and
+# each float32 rescaling (a thinned dose ladder rescales once per step) by about as much again:
+# 1e-4 leaves a wide margin above that, yet any probe not scaled to the dose misses by far more.
+PROBE_POWER_REL_TOL = 1e-4
+# power_fractions are each mode's share of that total, from the same arrays: the same margin.
+POWER_FRACTION_ABS_TOL = 1e-4
 
 
 # --- the contract as data -----------------------------------------------------------------------
@@ -66,7 +72,7 @@ MEAN_COUNTS_REL_TOL = 1e-6
 
 @dataclass(frozen=True)
 class KeySpec:
-    """One required key: its dtype, symbolic shape and meaning."""
+    """One member: its dtype, symbolic shape and meaning."""
 
     key: str
     dtype: np.dtype | None  # None: 0-d unicode string (any length)
@@ -106,10 +112,41 @@ CONTRACT: dict[str, KeySpec] = {
 }
 ARRAY_KEYS = tuple(k for k in CONTRACT if k != METADATA_KEY)
 
+# Optional members (realistic conditions), written after the eight required ones in this order.
+# A file may hold any of them; a file without them is exactly today's contract.
+OPTIONAL: dict[str, KeySpec] = {
+    spec.key: spec
+    for spec in (
+        KeySpec("probe_modes", np.dtype("complex64"), ("K", "N", "N"),
+                "K >= 2 mutually orthogonal probe modes at the dose scale: probe_modes[0] == probeGuess, "
+                "N^2 sum |probe_modes|^2 = dose"),
+        KeySpec("nominal_xcoords", np.dtype("float64"), ("n",),
+                "the probe-centre column an experiment reports (the engines get these; xcoords stays the truth)",
+                (np.dtype("float32"),)),
+        KeySpec("nominal_ycoords", np.dtype("float64"), ("n",),
+                "the probe-centre row an experiment reports (the engines get these; ycoords stays the truth)",
+                (np.dtype("float32"),)),
+        KeySpec("valid_pixels", np.dtype("bool"), ("N", "N"),
+                "detector mask, DC-centred like diffraction: True = measured; at least one True"),
+    )
+}
+OPTIONAL_KEYS = tuple(OPTIONAL)
+NOMINAL_KEYS = ("nominal_xcoords", "nominal_ycoords")
+#: Every member a contract file may hold, in file order.
+MEMBERS: dict[str, KeySpec] = {**CONTRACT, **OPTIONAL}
 
-def counts_from_diffraction(diffraction: np.ndarray, amplitude_scale: float) -> np.ndarray:
-    """The integer counts ``round((diffraction * amplitude_scale)**2)`` as int64."""
-    return np.rint((np.asarray(diffraction, dtype=np.float64) * amplitude_scale) ** 2).astype(np.int64)
+
+def continuous_counts(metadata: dict | None) -> bool:
+    """True when ``_metadata/detector/counts`` says the counts are continuous (readout noise), not integers."""
+    detector = metadata.get("detector") if isinstance(metadata, dict) else None
+    return isinstance(detector, dict) and detector.get("counts") == "continuous"
+
+
+def counts_from_diffraction(diffraction: np.ndarray, amplitude_scale: float, continuous: bool = False) -> np.ndarray:
+    """The integer counts ``round((diffraction * amplitude_scale)**2)`` as int64; with ``continuous``
+    (a detector with readout noise) the unrounded ``(diffraction * amplitude_scale)**2`` as float64."""
+    counts = (np.asarray(diffraction, dtype=np.float64) * amplitude_scale) ** 2
+    return counts if continuous else np.rint(counts).astype(np.int64)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

@@ -29,6 +29,16 @@ class MemberReadError(Exception):
     """A member's data cannot be read within the stated bounds; the message is the problem text."""
 
 
+def unreadable(exc: Exception) -> str:
+    """The problem text of an exception raised while reading a member's data."""
+    return str(exc) if isinstance(exc, MemberReadError) else f"data unreadable ({type(exc).__name__}: {exc})"
+
+
+def chunk_rows(frame: int, itemsize: int, chunk_bytes: int) -> int:
+    """Frames of ``frame x frame`` items per band of about ``chunk_bytes`` (at least one)."""
+    return max(1, chunk_bytes // (frame * frame * itemsize))
+
+
 def read_member_bytes(zf: zipfile.ZipFile, header: MemberHeader, limit: int = MAX_WHOLE_READ_BYTES) -> np.ndarray:
     """A whole member as an array (CRC checked), refused above ``limit`` bytes."""
     if header.data_bytes > limit:

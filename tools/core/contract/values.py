@@ -18,9 +18,10 @@ import numpy as np
 
 from ..geometry import window_starts
 from .diffraction import DiffractionStats, report_diffraction, scan_diffraction_chunk
+from .optional import check_mask, check_probe
 from .reading import MemberHeader
-from .spec import FileReport, index_text, shape_text
-from .streaming import MemberReadError, RowAccess, member_chunks, read_member_bytes
+from .spec import FileReport, continuous_counts, index_text, shape_text
+from .streaming import RowAccess, chunk_rows, member_chunks, read_member_bytes, unreadable
 from .structure import Inspection, number
 
 
@@ -91,10 +92,6 @@ class ArraySource:
         return _ArrayRows(self.arrays[key])
 
 
-def _unreadable(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, MemberReadError) else f"data unreadable ({type(exc).__name__}: {exc})"
-
-
 def _check_finite_small(key: str, data: np.ndarray, report: FileReport) -> bool:
     finite = np.isfinite(data)
     if finite.all():
@@ -118,7 +115,7 @@ def _scan_object(src: Source, report: FileReport, chunk_bytes: int) -> Rows | No
                 nonfinite += int((~finite).sum())
     except Exception as exc:
         access.close()
-        report.error("objectGuess", _unreadable(exc))
+        report.error("objectGuess", unreadable(exc))
         return None
     if nonfinite:
         access.close()
@@ -155,16 +152,14 @@ def _windows(obj: Rows, sy: np.ndarray, sx: np.ndarray, frame: int, dtype: np.dt
     return out
 
 
-def _chunk_rows(frame: int, itemsize: int, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // (frame * frame * itemsize))
-
-
 def check_values(src: Source, insp: Inspection, report: FileReport, chunk_bytes: int) -> None:
-    """Finite values, diffraction >= 0 and integer counts, windows inside the object, Y = windows."""
+    """Finite values, diffraction >= 0 and integer counts, windows inside the object, Y = windows;
+    the optional members' values (mask, nominal positions, probe modes) and the probe's power."""
     small: dict[str, np.ndarray] = {}
     obj: Rows | None = None
     try:
-        for key in ("objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index"):
+        for key in ("objectGuess", "probeGuess", "xcoords", "ycoords", "scan_index",
+                    "nominal_xcoords", "nominal_ycoords", "valid_pixels"):
             if not insp.usable(key):
                 continue
             if key == "objectGuess":
@@ -175,11 +170,16 @@ def check_values(src: Source, insp: Inspection, report: FileReport, chunk_bytes:
             try:
                 small[key] = src.array(key)
             except Exception as exc:
-                report.error(key, _unreadable(exc))
+                report.error(key, unreadable(exc))
                 insp.bad.add(key)
                 continue
-            if key != "scan_index" and not _check_finite_small(key, small[key], report):
+            if key == "valid_pixels":
+                small[key] = check_mask(small[key], insp, report)
+            elif key != "scan_index" and not _check_finite_small(key, small[key], report):
                 insp.bad.add(key)
+        if small.get("valid_pixels") is None:
+            small.pop("valid_pixels", None)
+        check_probe(src, insp, report, chunk_bytes, small.get("probeGuess"))
         _check_rest(src, insp, report, chunk_bytes, small, obj)
     finally:
         if obj is not None:
@@ -215,12 +215,13 @@ def _check_rest(src: Source, insp: Inspection, report: FileReport, chunk_bytes: 
         metadata = insp.metadata
         scale = number(metadata.get("amplitude_scale")) if metadata else None
         scale = scale if scale is not None and scale > 0 else None
-        st = DiffractionStats()
+        st = DiffractionStats(valid=small.get("valid_pixels"), continuous=continuous_counts(metadata),
+                              statistics="valid_pixels" not in insp.headers or insp.usable("valid_pixels"))
         try:
-            for start, chunk in src.chunks("diffraction", _chunk_rows(frame, 4, chunk_bytes)):
+            for start, chunk in src.chunks("diffraction", chunk_rows(frame, 4, chunk_bytes)):
                 scan_diffraction_chunk(start, chunk, scale, st)
         except Exception as exc:
-            report.error("diffraction", _unreadable(exc))
+            report.error("diffraction", unreadable(exc))
         else:
             report_diffraction(st, scale, metadata, n, report)
 
@@ -238,7 +239,7 @@ def _check_y(src: Source, insp: Inspection, report: FileReport, chunk_bytes: int
     dtype = insp.headers["objectGuess"].dtype if compare else None
     nonfinite, first_nonfinite, differ, first_differ = 0, "", 0, -1
     try:
-        for start, chunk in src.chunks("Y", _chunk_rows(frame, 8, chunk_bytes)):
+        for start, chunk in src.chunks("Y", chunk_rows(frame, 8, chunk_bytes)):
             finite = np.isfinite(chunk)
             if not finite.all():
                 flat = int(np.flatnonzero(~finite.ravel())[0])
@@ -249,7 +250,7 @@ def _check_y(src: Source, insp: Inspection, report: FileReport, chunk_bytes: int
                 try:
                     expected = _windows(obj, starts[0][start:stop], starts[1][start:stop], frame, dtype, chunk_bytes)
                 except Exception as exc:
-                    report.error("objectGuess", _unreadable(exc))
+                    report.error("objectGuess", unreadable(exc))
                     compare = False
                     continue
                 same = (chunk == expected).all(axis=(1, 2))
@@ -257,7 +258,7 @@ def _check_y(src: Source, insp: Inspection, report: FileReport, chunk_bytes: int
                     first_differ = first_differ if first_differ >= 0 else start + int(np.flatnonzero(~same)[0])
                     differ += int((~same).sum())
     except Exception as exc:
-        report.error("Y", _unreadable(exc))
+        report.error("Y", unreadable(exc))
         return
     if nonfinite:
         report.error("Y", f"{nonfinite} non-finite values (expected all finite, found {first_nonfinite})")
