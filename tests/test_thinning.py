@@ -140,6 +140,7 @@ def test_draws_are_seeded_and_do_not_depend_on_the_rungs_asked_for():
 
 
 def test_thin_refuses_a_fraction_outside_0_1():
+    """A thinning probability outside [0, 1] is a programming error, refused."""
     with pytest.raises(ValueError, match="not in"):
         thin(np.ones(3, np.int64), 1.5, np.random.default_rng(0))
 
@@ -386,6 +387,7 @@ def test_a_parent_holding_half_the_scan_is_refused(smoke_data, smoke_design_path
 
 
 def test_a_missing_parent_is_a_one_line_error(smoke_design_path, tmp_path):
+    """A design naming a parent that does not exist: exit 1, one line naming measured/npz and the file."""
     design = measured_design(smoke_design_path, tmp_path, "nowhere.npz", [1000])
     result = CliRunner().invoke(gen_cli, ["--design", str(design), "--phase-c-root", str(tmp_path / "c"),
                                           "--phase-d-root", str(tmp_path / "d")])
