@@ -231,7 +231,7 @@ class StudyDesign:
     def _hash(self, doc: dict) -> str:
         digest = hashlib.sha256(canonical_json(doc).encode())
         for relative in self.referenced_files():
-            digest.update(sha256_file(self.resolve(relative)).encode())
+            digest.update(file_digest(self.resolve(relative)).encode())
         return digest.hexdigest()
 
     def referenced_files(self) -> list[str]:
@@ -261,6 +261,21 @@ class StudyDesign:
             "object_pixel_size_m": self.object_pixel_size_m,
             "wavelength_m": self.wavelength_m,
         }
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: Path, mtime_ns: int, size: int, inode: int) -> str:
+    return sha256_file(path)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file the design names, computed once per version of the file (path, mtime, size,
+    inode): a measured parent of many GB is hashed once per process, not at every hash access."""
+    try:
+        st = path.stat()
+    except OSError:
+        return sha256_file(path)  # raises the OS error, as before
+    return _file_digest(path, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @dataclass(frozen=True)
