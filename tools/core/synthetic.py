@@ -570,7 +570,7 @@ def read_index(path: Path) -> dict | None:
 
 #: The modules whose code decides the bytes gen-synthetic writes: a change to any of them (not only
 #: a version bump) makes existing files stale, so data freshness follows the generator's code.
-GENERATOR_MODULES = ("synthetic", "physics", "overlap", "geometry", "fileio", "design")
+GENERATOR_MODULES = ("synthetic", "physics", "overlap", "geometry", "fileio", "design", "thinning")
 
 
 @lru_cache(maxsize=1)
