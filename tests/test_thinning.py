@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ptydose.core.errors import ContractError, DesignError
 from ptydose.core.fileio import sha256_file, write_npz_atomic
 from ptydose.core.jobs import plan_jobs, write_plan
 from ptydose.core.manifests import read_json
+from ptydose.core.scan_join import join_scan
 from ptydose.core.thinning import Ladder, chain_seed, generate_ladder, split_parts, thin
 from ptydose.gen_synthetic import cli as gen_cli
 
@@ -148,39 +150,18 @@ def test_thin_refuses_a_fraction_outside_0_1():
 # ----------------------------------------------------------------------------------------------
 # Files: a parent made from the smoke study's high dose
 # ----------------------------------------------------------------------------------------------
-def whole_scan_parent(phase_c_root: Path, dose: int, out: Path, extra: dict | None = None,
-                      metadata_update: dict | None = None) -> Path:
-    """One contract NPZ holding the whole scan of a generated dose (train and test in scan order),
-    as a measured scan would be: the parent of a ladder."""
-    a = read_contract_npz(phase_c_root / f"dose_{dose}" / "patched_train.npz")
-    b = read_contract_npz(phase_c_root / f"dose_{dose}" / "patched_test.npz")
-    order = np.argsort(np.concatenate([a["scan_index"], b["scan_index"]]), kind="stable")
-    members = {key: np.concatenate([a[key], b[key]])[order] for key in ("diffraction", "Y")}
-    members["objectGuess"], members["probeGuess"] = a["objectGuess"], a["probeGuess"]
-    for key in ("xcoords", "ycoords", "scan_index"):
-        members[key] = np.concatenate([a[key], b[key]])[order]
-    n = len(order)
-    # Optional members, in contract order after the eight: per-pattern ones joined like the
-    # coordinates, the others (a dose's probe modes and detector mask) shared by both splits.
-    optional = {}
-    if "probe_modes" in a.arrays:
-        optional["probe_modes"] = a["probe_modes"]
-    for key in ("nominal_xcoords", "nominal_ycoords"):
-        if key in a.arrays:
-            optional[key] = np.concatenate([a[key], b[key]])[order]
-    if "valid_pixels" in a.arrays:
-        np.testing.assert_array_equal(a["valid_pixels"], b["valid_pixels"])
-        optional["valid_pixels"] = a["valid_pixels"]
-    totals = np.concatenate([a.counts(), b.counts()]).sum(axis=(1, 2))
-    meta = dict(a.metadata)
-    meta.update(n_images=n, measured_mean_counts=round(float(totals.mean()), 6),
-                selection={**meta["selection"], "n_accepted": n, "n_rejected": 0, "acceptance_rate": 1.0},
-                **(metadata_update or {}))
-    members["_metadata"] = np.array(json.dumps(meta, sort_keys=True))
-    members.update(optional)
-    for key, value in (extra or {}).items():
-        members[key] = value(members) if callable(value) else value
-    write_npz_atomic(out, members)
+def whole_scan_parent(phase_c_root: Path, dose: int, out: Path, metadata_update: dict | None = None) -> Path:
+    """One contract NPZ holding the whole scan of a generated dose, as a measured scan would be: the
+    parent of a ladder, joined from its train and test files by gen-synthetic's --join-scan core."""
+    folder = phase_c_root / f"dose_{dose}"
+    join_scan(out, [folder / "patched_train.npz", folder / "patched_test.npz"])
+    if metadata_update:
+        with np.load(out, allow_pickle=False) as npz:
+            members = {key: npz[key] for key in npz.files}
+        meta = json.loads(str(members["_metadata"]))
+        meta.update(metadata_update)
+        members["_metadata"] = np.array(json.dumps(meta, sort_keys=True))
+        write_npz_atomic(out, members)
     return out
 
 
@@ -303,7 +284,7 @@ def test_a_realistic_parent_passes_its_mask_nominal_positions_and_probe_modes_on
     """A parent with a beamstop and dead pixels, position errors and two probe modes: children keep
     valid_pixels and the nominal positions of their rows, probe_modes scaled by sqrt(d / D), hold
     no counts at masked pixels, pass the contract, and are selected on the nominal positions."""
-    from ptydose.core import overlap
+    from ptydose.core import overlap, physics
     from ptydose.core.synthetic import generate_study
 
     raw = json.loads(smoke_design_path.read_text())
@@ -324,6 +305,10 @@ def test_a_realistic_parent_passes_its_mask_nominal_positions_and_probe_modes_on
     assert not mask.all()
     nominal = np.stack([parent["nominal_ycoords"], parent["nominal_xcoords"]], axis=1)
     true = np.stack([parent["ycoords"], parent["xcoords"]], axis=1)
+    # The joined parent's error figures are the whole scan's, not its first part's.
+    assert parent.metadata["position_errors"] == {"random_px": 0.5, "scale": 0.05, "rotation_deg": 4.0,
+                                                  "drift_px": [0.0, 0.0],
+                                                  **physics.position_error_figures(true, nominal)}
     # The errors are large enough that the nominal positions split the scan differently (4 degrees
     # move positions near the cut row by over a pixel): the check below can tell which were used.
     by_true = overlap.split_indices(true, parent["objectGuess"].shape)["train"]
@@ -393,6 +378,194 @@ def test_a_missing_parent_is_a_one_line_error(smoke_design_path, tmp_path):
                                           "--phase-d-root", str(tmp_path / "d")])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "measured/npz" in result.output and "nowhere.npz" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Joining the parts of a scan into a parent (gen-synthetic --join-scan)
+# ----------------------------------------------------------------------------------------------
+def _rewrite(source: Path, out: Path, rows: np.ndarray | None = None, metadata_update: dict | None = None,
+             members_update: dict | None = None, valid: bool = True) -> Path:
+    """A copy of a contract NPZ, optionally holding only ``rows`` (with the per-pattern figures its
+    metadata needs to stay valid), with metadata keys or members replaced; checked to pass the
+    contract (or, ``valid=False``, to fail it)."""
+    with np.load(source, allow_pickle=False) as npz:
+        members = {key: npz[key] for key in npz.files}
+    meta = json.loads(str(members["_metadata"]))
+    if rows is not None:
+        for key in ("diffraction", "Y", "xcoords", "ycoords", "scan_index", "nominal_xcoords", "nominal_ycoords"):
+            if key in members:
+                members[key] = members[key][rows]
+        counts = read_contract_npz(source).counts()[rows]
+        meta.update(n_images=len(rows), measured_mean_counts=round(float(counts.sum(axis=(1, 2)).mean()), 6),
+                    selection={**meta["selection"], "n_accepted": len(rows), "acceptance_rate": 1.0})
+        meta["scan"].pop("joined_from", None)
+    meta.update(metadata_update or {})
+    members["_metadata"] = np.array(json.dumps(meta, sort_keys=True))
+    members.update(members_update or {})
+    write_npz_atomic(out, members)
+    assert check_npz(out, full=True).ok is valid, check_npz(out).lines()
+    return out
+
+
+def _smoke_parts(smoke_data, dose: int = 100000) -> tuple[Path, Path]:
+    folder = smoke_data["phase_c_root"] / f"dose_{dose}"
+    return folder / "patched_train.npz", folder / "patched_test.npz"
+
+
+def test_join_holds_every_pattern_once_in_scan_order(smoke_data, tmp_path):
+    """Train and test (named in either order) make the whole scan: every per-pattern member is the
+    parts' rows sorted by scan_index, the shared members are the parts', the file passes the full
+    contract, its metadata is the parts' with the whole's pattern count, recovered mean counts,
+    pattern-weighted expected counts, selection figures and overlap over all positions, and the
+    parts (path relative to the joined file, sha256, split, view, n) under scan/joined_from."""
+    from ptydose.core import overlap
+    from ptydose.core.scan_join import shared_metadata
+
+    train, test = _smoke_parts(smoke_data)
+    out = tmp_path / "parent" / "whole.npz"
+    result = join_scan(out, [test, train])
+    assert check_npz(out, full=True).ok
+    joined, a, b = read_contract_npz(out), read_contract_npz(train), read_contract_npz(test)
+    order = np.argsort(np.concatenate([a["scan_index"], b["scan_index"]]))
+    for key in ("diffraction", "Y", "xcoords", "ycoords", "scan_index"):
+        np.testing.assert_array_equal(joined[key], np.concatenate([a[key], b[key]])[order])
+    n = a.n_images + b.n_images
+    np.testing.assert_array_equal(joined["scan_index"], np.arange(n))  # the smoke scan's two halves
+    np.testing.assert_array_equal(joined["objectGuess"], a["objectGuess"])
+    np.testing.assert_array_equal(joined["probeGuess"], a["probeGuess"])
+    meta = joined.metadata
+    assert meta["n_images"] == n == result.n_images and result.sha256 == sha256_file(out)
+    assert meta["measured_mean_counts"] == round(float(joined.counts().sum(axis=(1, 2)).mean()), 6)
+    assert meta["expected_mean_counts"] == pytest.approx(
+        (a.metadata["expected_mean_counts"] * a.n_images + b.metadata["expected_mean_counts"] * b.n_images) / n,
+        rel=1e-9)
+    yx = np.stack([joined["ycoords"], joined["xcoords"]], axis=1)
+    assert meta["selection"] == {"selection_strategy": "direct", "spacing_threshold": 0.0, "n_accepted": n,
+                                 "n_rejected": 0, "acceptance_rate": 1.0, "neighbours": 4,
+                                 "measured_overlap": round(overlap.measured_overlap(yx, 12.0, 4), 6)}
+    first = a if a["scan_index"][0] == 0 else b
+    assert meta["split"] == first.metadata["split"]  # the schema has no "whole": the first part's
+    in_scan_order = sorted(((train, a), (test, b)), key=lambda part: int(part[1]["scan_index"][0]))
+    assert meta["scan"]["joined_from"] == [
+        {"path": os.path.relpath(path, out.parent), "sha256": sha256_file(path), "split": data.metadata["split"],
+         "view": "baseline", "n_images": data.n_images} for path, data in in_scan_order]
+    assert shared_metadata(meta) == shared_metadata(a.metadata)
+
+
+def test_interleaved_parts_join_back_to_the_scan_in_any_order_and_band_size(smoke_data, tmp_path, monkeypatch):
+    """The even and odd patterns of a whole scan, as two parts, join back to the whole's arrays;
+    with bands of 3 patterns (each band interleaves the parts, many bands per part) the bytes are
+    those of one band per part, and naming the parts in the other order changes no byte; the CLI
+    writes the same file and prints what it joined."""
+    from ptydose.core import scan_join
+
+    whole = join_scan(tmp_path / "whole.npz", list(_smoke_parts(smoke_data))).path
+    n = read_contract_npz(whole).n_images
+    even = _rewrite(whole, tmp_path / "parts" / "even.npz", rows=np.arange(0, n, 2))
+    odd = _rewrite(whole, tmp_path / "parts" / "odd.npz", rows=np.arange(1, n, 2))
+    default = join_scan(tmp_path / "a" / "joined.npz", [even, odd])
+    frame = read_contract_npz(whole)["Y"][0].nbytes
+    monkeypatch.setattr(scan_join, "DEFAULT_CHUNK_BYTES", 3 * frame)
+    small_bands = join_scan(tmp_path / "b" / "joined.npz", [odd, even])
+    assert small_bands.sha256 == default.sha256 == sha256_file(tmp_path / "b" / "joined.npz")
+    monkeypatch.undo()
+    joined, original = read_contract_npz(default.path), read_contract_npz(whole)
+    for key in ("diffraction", "Y", "xcoords", "ycoords", "scan_index", "objectGuess", "probeGuess"):
+        np.testing.assert_array_equal(joined[key], original[key])
+    assert joined.metadata["measured_mean_counts"] == original.metadata["measured_mean_counts"]
+    result = CliRunner().invoke(gen_cli, ["--join-scan", str(tmp_path / "c" / "joined.npz"), str(odd), str(even)])
+    assert result.exit_code == 0, result.output
+    assert result.output == (f"joined {n} patterns of 2 files into {tmp_path / 'c' / 'joined.npz'} "
+                             f"(sha256 {default.sha256[:12]})\n"
+                             f"  {len(range(0, n, 2)):>6} baseline  train ../parts/even.npz\n"
+                             f"  {len(range(1, n, 2)):>6} baseline  train ../parts/odd.npz\n")
+    assert sha256_file(tmp_path / "c" / "joined.npz") == default.sha256
+
+
+def test_join_refuses_parts_that_are_not_one_scan_naming_file_and_key(smoke_data, tmp_path):
+    """Each refusal is one line naming the offending file and key, and writes nothing: another
+    dose, another draw, another view, a member in one part only, a differing shared member, an
+    exposure in two parts, a file named twice, a part out of scan order, a part that fails the
+    contract, a missing part, and the output among the inputs."""
+    train, test = _smoke_parts(smoke_data)
+    low_train, _ = _smoke_parts(smoke_data, 1000)
+    meta = read_contract_npz(test).metadata
+    dense_test = smoke_data["phase_d_root"] / "dose_100000" / "dense" / "dense_test.npz"
+    probe = read_contract_npz(test)["probeGuess"]
+    n = meta["n_images"]
+    bad = tmp_path / "bad"
+    cases = [
+        ([low_train, test], f"{test}: _metadata/dose: differs from {low_train} (expected 1000, found 100000"),
+        ([train, _rewrite(test, bad / "seed.npz", metadata_update={"noise_seed": meta["noise_seed"] + 1})],
+         f"{bad / 'seed.npz'}: _metadata/noise_seed: differs from {train}"),
+        ([train, dense_test], f"{dense_test}: _metadata/view: differs from {train} (expected \"baseline\", "
+                              f"found \"dense\""),
+        ([train, _rewrite(test, bad / "mask.npz", members_update={"valid_pixels": np.ones(probe.shape, bool)})],
+         f"{bad / 'mask.npz'}: valid_pixels: present in one part only (not in {train}"),
+        ([train, _rewrite(test, bad / "probe.npz",
+                          members_update={"probeGuess": (probe * np.exp(0.1j)).astype(np.complex64)})],
+         f"{bad / 'probe.npz'}: probeGuess: differs from {train}"),
+        ([train, _rewrite(train, bad / "copy.npz")],
+         f"{bad / 'copy.npz'}: scan_index: {n} exposures also in {train}"),
+        ([train, test, train], f"{train}: named twice"),
+        ([train, _rewrite(test, bad / "reversed.npz", rows=np.arange(n)[::-1])],
+         f"{bad / 'reversed.npz'}: scan_index: not ascending"),
+        ([train, _rewrite(test, bad / "invalid.npz", metadata_update={"measured_mean_counts": 1.0},
+                                   valid=False)],
+         f"{bad / 'invalid.npz'}: _metadata/measured_mean_counts: does not match the data"),
+        ([train, tmp_path / "nowhere.npz"], f"{tmp_path / 'nowhere.npz'}: file not found"),
+    ]
+    out = tmp_path / "out" / "whole.npz"
+    for parts, expected in cases:
+        with pytest.raises(ContractError) as caught:
+            join_scan(out, parts)
+        assert str(caught.value).startswith(expected), (str(caught.value), expected)
+        assert "\n" not in str(caught.value)
+        assert not out.exists()
+    result = CliRunner().invoke(gen_cli, ["--join-scan", str(train), str(train), str(test)])
+    assert result.exit_code == 1 and result.output == f"Error: {train}: the output is also an input " \
+                                                      f"(expected a new file)\n"
+
+
+def test_join_scan_usage_errors(smoke_design_path, smoke_data, tmp_path):
+    """--join-scan takes two or more part files and no generation option; part files need
+    --join-scan; generating without --design is still a usage error: exit 2 each."""
+    train, test = _smoke_parts(smoke_data)
+    out = str(tmp_path / "whole.npz")
+    runs = {
+        "at least two part files": ["--join-scan", out, str(train)],
+        "--design belong to generating": ["--join-scan", out, str(train), str(test), "--design",
+                                          str(smoke_design_path)],
+        "--dose belong to generating": ["--join-scan", out, str(train), str(test), "--dose", "1000"],
+        "unexpected file argument": ["--design", str(smoke_design_path), "--phase-c-root", str(tmp_path / "c"),
+                                     "--phase-d-root", str(tmp_path / "d"), str(train)],
+        "Missing option '--design'": ["--phase-c-root", str(tmp_path / "c"), "--phase-d-root", str(tmp_path / "d")],
+    }
+    for expected, args in runs.items():
+        result = CliRunner().invoke(gen_cli, args)
+        assert result.exit_code == 2 and expected in result.output, (expected, result.output)
+    assert not (tmp_path / "whole.npz").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_joined_file_failing_the_contract_never_replaces_the_old_one(smoke_data, tmp_path, monkeypatch):
+    """The joined file is checked under its temporary name: when it fails (here a metadata fault
+    injected after the join's own figures), the error names the output and key, the file already
+    there keeps its bytes and no temporary file is left."""
+    from ptydose.core import scan_join
+
+    out = tmp_path / "whole.npz"
+    before = join_scan(out, list(_smoke_parts(smoke_data))).sha256
+    real = scan_join.joined_metadata
+
+    def wrong_count(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        return {**meta, "n_images": meta["n_images"] + 1}
+
+    monkeypatch.setattr(scan_join, "joined_metadata", wrong_count)
+    with pytest.raises(ContractError) as caught:
+        join_scan(out, list(_smoke_parts(smoke_data)))
+    assert str(caught.value).startswith(f"{out}: _metadata/n_images: the joined file fails the contract")
+    assert sha256_file(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["whole.npz"]
 
 
 @pytest.mark.slow
