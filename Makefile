@@ -28,6 +28,14 @@ GRID_OUT      ?= tmp/grid
 GRID_WORKERS  ?= 2
 SMOKE_GRID_DESIGN ?= plans/smoke_grid/design.json
 SMOKE_GRID_OUT    ?= tmp/smoke_grid
+# make ladder-run: LADDER_SOURCE_DESIGN's whole scan at LADDER_SOURCE_DOSE, joined from its baseline
+# train + test files into LADDER_PARENT (where LADDER_DESIGN's measured/npz points), thinned into
+# LADDER_DESIGN's dose ladder under LADDER_OUT.
+LADDER_DESIGN        ?= plans/fly64_ladder/design.json
+LADDER_SOURCE_DESIGN ?= plans/fly64_dose_overlap/design.json
+LADDER_SOURCE_DOSE   ?= 100000
+LADDER_OUT           ?= tmp/ladder
+LADDER_PARENT        ?= tmp/ladder/parent/fly64_1e5_whole.npz
 PYTEST_ARGS   ?=
 # Scan sizes (positions) bench_scale generates one dose of.
 BENCH_SCALE_PATTERNS ?= 100000 200000
@@ -54,7 +62,7 @@ DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(call q,$(d)))
 DOSE_DIRS    := $(foreach d,$(DOSE),$(call q,$(PHASE_C_ROOT)/dose_$(d)) $(call q,$(PHASE_D_ROOT)/dose_$(d)))
 DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
-.PHONY: help venv test lint dry-run real-run grid-run smoke-grid data doc-sync doc-check bench clean
+.PHONY: help venv test lint dry-run real-run grid-run smoke-grid ladder-run data doc-sync doc-check bench clean
 
 help: ## List the targets (default)
 	@echo "Dose x overlap ptychography baseline study"
@@ -132,6 +140,26 @@ grid-run: $(STAMP) ## Dose x overlap grid (GRID_DESIGN): generate, validate, pla
 
 smoke-grid: $(STAMP) ## The tiny grid (plans/smoke_grid) end to end in seconds: the grid path as CI runs it
 	$(MAKE) --no-print-directory grid-run GRID_DESIGN=$(call q,$(SMOKE_GRID_DESIGN)) GRID_OUT=$(call q,$(SMOKE_GRID_OUT))
+
+ladder-run: $(STAMP) ## Dose ladder (LADDER_DESIGN) thinned from a simulated whole scan: generate, join, thin, validate, plan, run, summarize
+	@log=$(call q,$(REPORTS)/$(NOW)/ladder_run/run.log); mkdir -p "$$(dirname "$$log")"; \
+	parts=$(call q,$(LADDER_OUT)/source/phase_c/dose_$(LADDER_SOURCE_DOSE)); \
+	set -o pipefail; ( \
+	  $(BIN)/gen-synthetic --design $(call q,$(LADDER_SOURCE_DESIGN)) --phase-c-root $(call q,$(LADDER_OUT)/source/phase_c) \
+	    --phase-d-root $(call q,$(LADDER_OUT)/source/phase_d) --dose $(call q,$(LADDER_SOURCE_DOSE)) || exit $$?; \
+	  $(BIN)/gen-synthetic --join-scan $(call q,$(LADDER_PARENT)) "$$parts/patched_train.npz" \
+	    "$$parts/patched_test.npz" || exit $$?; \
+	  $(BIN)/gen-synthetic --design $(call q,$(LADDER_DESIGN)) --phase-c-root $(call q,$(LADDER_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(LADDER_OUT)/phase_d) || exit $$?; \
+	  $(BIN)/validate-npz -q $(call q,$(LADDER_OUT)/phase_c) $(call q,$(LADDER_OUT)/phase_d) || exit $$?; \
+	  $(BIN)/plan-jobs --design $(call q,$(LADDER_DESIGN)) --phase-c-root $(call q,$(LADDER_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(LADDER_OUT)/phase_d) --artifact-root $(call q,$(LADDER_OUT)/phase_f) $(PLAN_FILTERS) \
+	    || exit $$?; \
+	  $(BIN)/run-ptychi --manifest $(call q,$(LADDER_OUT)/phase_f/reconstruction_manifest.json) $(RUN_FLAGS); run_rc=$$?; \
+	  $(BIN)/summarize --artifact-root $(call q,$(LADDER_OUT)/phase_f) || exit $$?; \
+	  exit $$run_rc; \
+	) 2>&1 | tee "$$log"; rc=$$?; \
+	echo "log: $$log"; exit $$rc
 
 doc-sync: $(STAMP) ## Regenerate the generated parts of docs/ (test index, CLI reference, results)
 	$(BIN)/python -m ptydose.doc_sync write --artifact-root $(call q,$(ARTIFACT_ROOT))

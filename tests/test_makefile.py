@@ -118,3 +118,32 @@ def test_make_smoke_grid_runs_the_grid_path_end_to_end(repo_root, tmp_path):
     assert grid is not None and len(grid["doses"]) >= 2 and grid["min_dose"]
     assert (out / "phase_f" / "summary" / "figures" / "min_dose_vs_overlap.png").is_file()
     assert list(reports.glob("*/grid_run/run.log"))
+
+
+def test_make_ladder_run_chains_generate_join_thin_validate_plan_run_summarize(repo_root, tmp_path):
+    """`make -n ladder-run` (prints, runs nothing): listed by help; the recipe generates the source
+    design's dose, joins its baseline train + test into LADDER_PARENT, thins LADDER_DESIGN from it,
+    then validates, plans, runs (WORKERS) and summarizes under LADDER_OUT, in that order, logged."""
+    assert "  ladder-run " in _make(repo_root).stdout
+    out, reports, parent = tmp_path / "lad der", tmp_path / "reports", tmp_path / "parent" / "whole.npz"
+    result = _make(repo_root, "-n", "ladder-run", f"LADDER_OUT={out}", f"REPORTS={reports}",
+                   f"LADDER_PARENT={parent}", "LADDER_SOURCE_DOSE=1000", "WORKERS=3")
+    assert result.returncode == 0, result.stderr
+    steps = [
+        f"parts='{out}/source/phase_c/dose_1000'",
+        f"gen-synthetic --design 'plans/fly64_dose_overlap/design.json' --phase-c-root '{out}/source/phase_c' "
+        f"\\\n    --phase-d-root '{out}/source/phase_d' --dose '1000'",
+        f"gen-synthetic --join-scan '{parent}' \"$parts/patched_train.npz\" \\\n    \"$parts/patched_test.npz\"",
+        f"gen-synthetic --design 'plans/fly64_ladder/design.json' --phase-c-root '{out}/phase_c'",
+        f"validate-npz -q '{out}/phase_c' '{out}/phase_d'",
+        f"plan-jobs --design 'plans/fly64_ladder/design.json' --phase-c-root '{out}/phase_c'",
+        f"run-ptychi --manifest '{out}/phase_f/reconstruction_manifest.json' --device 'auto' --workers '3'",
+        f"summarize --artifact-root '{out}/phase_f'",
+        "tee \"$log\"",
+    ]
+    text = result.stdout
+    positions = [text.find(step) for step in steps]
+    assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p == -1]
+    assert positions == sorted(positions)
+    assert f"{reports}/" in text and "/ladder_run/run.log" in text
+    assert not out.exists() and not reports.exists()
