@@ -165,6 +165,40 @@ def compare_cells(units: Mapping[Cell, Mapping[str, Mapping[str, float]]], first
     return out
 
 
+def unpaired_difference(first: Mapping, second: Mapping, higher_is_better: bool) -> dict:
+    """``first - second`` of two cells from independent samples (two studies), with a Welch t interval.
+
+    ``first``/``second``: :func:`interval` documents (n, mean, sd). No unit pairs exist between
+    two studies (different data), so the paired rule does not apply; Welch's interval uses each
+    cell's own variance::
+
+        d = mean_1 - mean_2;  se = sqrt(sd_1^2/n_1 + sd_2^2/n_2)
+        df = se^4 / ((sd_1^2/n_1)^2/(n_1 - 1) + (sd_2^2/n_2)^2/(n_2 - 1))   (n_1 + n_2 - 2 when se = 0)
+        half_width = t_(0.975, df) * se
+
+    Returns ``{mean, ci_low, ci_high, half_width, df, ratio, verdict}``; the interval is null (and
+    the verdict not resolved) unless both cells have n >= 2; ``ratio`` is ``mean_1 / mean_2``
+    (null when either mean is missing or the second is 0).
+    """
+    doc = {"mean": None, "ci_low": None, "ci_high": None, "half_width": None, "df": None, "ratio": None,
+           "verdict": NOT_RESOLVED}
+    m1, m2 = first.get("mean"), second.get("mean")
+    if m1 is None or m2 is None:
+        return doc
+    doc["mean"] = m1 - m2
+    doc["ratio"] = m1 / m2 if m2 != 0 else None
+    n1, n2, s1, s2 = first.get("n", 0), second.get("n", 0), first.get("sd"), second.get("sd")
+    if n1 < 2 or n2 < 2 or s1 is None or s2 is None:
+        return doc
+    v1, v2 = s1 * s1 / n1, s2 * s2 / n2
+    se = math.sqrt(v1 + v2)
+    df = (v1 + v2) ** 2 / (v1 * v1 / (n1 - 1) + v2 * v2 / (n2 - 1)) if se > 0 else float(n1 + n2 - 2)
+    half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2.0, df)) * se
+    doc.update(ci_low=doc["mean"] - half, ci_high=doc["mean"] + half, half_width=half, df=df)
+    doc["verdict"] = verdict({"n": min(n1, n2), "ci_low": doc["ci_low"], "ci_high": doc["ci_high"]}, higher_is_better)
+    return doc
+
+
 # --------------------------------------------------------------------------- minimum dose for quality Q
 
 
