@@ -79,8 +79,12 @@ def _empty(ax, text: str) -> None:
 
 
 def object_grid(panels: dict[tuple[int, str], ObjectPanel], doses: Sequence[int], views: Sequence[str],
-                quantity: str, split: str, path: Path, missing: dict[tuple[int, str], str] | None = None) -> Path:
-    """Rows = doses, columns = ground truth then each view; ``quantity`` 'phase' or 'amplitude'."""
+                quantity: str, split: str, path: Path, missing: dict[tuple[int, str], str] | None = None,
+                truth_title: str = "ground truth") -> Path:
+    """Rows = doses, columns = ground truth then each view; ``quantity`` 'phase' or 'amplitude'.
+
+    ``truth_title`` names the first column (without ground truth: the reference reconstruction).
+    """
     missing = missing or {}
     n_rows, n_cols = max(len(doses), 1), len(views) + 1
     shapes = [p.gt_phase.shape for p in panels.values()]
@@ -104,7 +108,7 @@ def object_grid(panels: dict[tuple[int, str], ObjectPanel], doses: Sequence[int]
             ax.set_yticks([])
         ax.set_ylabel(f"dose {dose:g}", fontsize=9)
         if r == 0:
-            ax.set_title("ground truth", fontsize=9)
+            ax.set_title(truth_title, fontsize=9)
         for c, (view, panel) in enumerate(zip(views, row_panels), start=1):
             ax = axes[r, c]
             if r == 0:
@@ -119,7 +123,7 @@ def object_grid(panels: dict[tuple[int, str], ObjectPanel], doses: Sequence[int]
             ax.set_yticks([])
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="phase (rad)" if quantity == "phase" else "amplitude")
-    fig.suptitle(f"{quantity}: ground truth vs reconstruction ({split} split, registered, mask only)", fontsize=10)
+    fig.suptitle(f"{quantity}: {truth_title} vs reconstruction ({split} split, registered, mask only)", fontsize=10)
     return _save(fig, path)
 
 
@@ -404,4 +408,91 @@ def min_dose_curve(points: Sequence[MinDosePoint], doses: Sequence[float], targe
     ax.grid(True, alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _errorbar_series(ax, series: list[tuple[float, dict]], colour: str, style: str, marker: str, label: str,
+                     filled: bool = True) -> bool:
+    """Cell means against dose with their 95 % CI as bars; a cell without an interval has no bar."""
+    series = [(d, s) for d, s in sorted(series, key=lambda p: p[0]) if s and s.get("mean") is not None]
+    if not series:
+        return False
+    xs = [d for d, _ in series]
+    ys = [s["mean"] for _, s in series]
+    low = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in series]
+    high = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in series]
+    ax.errorbar(xs, ys, yerr=[low, high], marker=marker, linestyle=style, color=colour, capsize=3, label=label,
+                markerfacecolor=colour if filled else "white")
+    return True
+
+
+def before_after_vs_dose(cells: Iterable[dict], views: Sequence[str], panels: Sequence[tuple[str, str, str, str]],
+                         path: Path, title: str) -> Path:
+    """Per panel, a "before" and an "after" metric against dose: cell mean with its 95 % CI, a colour per view.
+
+    ``cells``: dicts with dose, view (the line's name) and ``metrics`` {name: {mean, ci_low, ci_high}};
+    ``panels``: (panel title, y label, before metric, after metric). Before: dashed, open circles;
+    after: solid, filled squares.
+    """
+    cells = list(cells)
+    fig = Figure(figsize=(4.6 * len(panels) + 1.6, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    colours = _colours(views)
+    for ax, (panel_title, ylabel, before, after) in zip(axes, panels):
+        drawn = False
+        for view in views:
+            mine = [c for c in cells if c["view"] == view]
+            drawn |= _errorbar_series(ax, [(c["dose"], c["metrics"].get(before)) for c in mine], colours[view], "--",
+                                      "o", f"{view} before", filled=False)
+            drawn |= _errorbar_series(ax, [(c["dose"], c["metrics"].get(after)) for c in mine], colours[view], "-",
+                                      "s", f"{view} after")
+        ax.set_xscale("log")
+        ax.set_xlabel("dose (photons / exposure)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "no value", ha="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=9)
+    _legend(fig, axes)
+    return _save(fig, path)
+
+
+def beside_vs_dose(rows: Sequence[dict], names: Sequence[str], labels: dict[str, str], this_label: str,
+                   other_label: str, path: Path) -> Path:
+    """Two studies' cell means against dose, a panel per metric: a colour per view (and reconstructor), this
+    study solid with filled markers, the other dashed with open ones, 95 % CI half-widths as bars.
+
+    ``rows``: summary.json ``beside`` rows ({dose, view, reconstructor, metrics: {name: {this, other}}}),
+    each side {n, mean, half_width}.
+    """
+    series = list(dict.fromkeys(r["view"] if r["reconstructor"] is None else f"{r['view']} {r['reconstructor']}"
+                                for r in rows))
+    n_cols = min(3, max(len(names), 1))
+    n_rows = (len(names) + n_cols - 1) // n_cols
+    fig = Figure(figsize=(4.2 * n_cols + 1.6, 3.0 * max(n_rows, 1)), layout="constrained")
+    axes = fig.subplots(max(n_rows, 1), n_cols, squeeze=False).ravel()
+    colours = _colours(series)
+    for ax, name in zip(axes, names):
+        for line in series:
+            mine = [r for r in rows if (r["view"] if r["reconstructor"] is None else f"{r['view']} {r['reconstructor']}") == line]
+            for side, style, marker, filled, label in (("this", "-", "s", True, this_label),
+                                                       ("other", "--", "o", False, other_label)):
+                points = []
+                for r in mine:
+                    stat = r["metrics"][name][side]
+                    if stat["mean"] is None:
+                        continue
+                    half = stat["half_width"]
+                    points.append((r["dose"], {"mean": stat["mean"], "ci_low": None if half is None else stat["mean"] - half,
+                                               "ci_high": None if half is None else stat["mean"] + half}))
+                _errorbar_series(ax, points, colours[line], style, marker, f"{line} ({label})", filled)
+        ax.set_xscale("log")
+        ax.set_xlabel("dose (photons / exposure)")
+        ax.set_title(labels[name], fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{this_label} (solid) beside {other_label} (dashed): cell mean with 95 % CI", fontsize=9)
+    _legend(fig, axes)
     return _save(fig, path)

@@ -21,6 +21,7 @@ import math
 import platform
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -60,6 +61,26 @@ METRICS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "frc_resolution_px": (("frc", "resolution_px"), "FRC resolution (px)", False),
     "mean_frc": (("frc", "mean_frc"), "mean FRC", True),
 }
+# Realistic conditions (docs/manifests.md, "Realistic conditions"): per-job measures of the positions and
+# the probe, by flat name -> (path in the job row, table label, higher is better). Present only when
+# the data or the run have them, so an ideal sweep's summary is unchanged.
+REALISTIC_METRICS: dict[str, tuple[tuple[str, ...], str, bool]] = {
+    "position_rms_before_px": (("positions", "before", "rms_px"), "position RMS before (px)", False),
+    "position_rms_after_px": (("positions", "after", "rms_px"), "position RMS after (px)", False),
+    "position_raw_rms_before_px": (("positions", "before", "raw_rms_px"), "raw position RMS before (px)", False),
+    "position_raw_rms_after_px": (("positions", "after", "raw_rms_px"), "raw position RMS after (px)", False),
+    "position_max_before_px": (("positions", "before", "max_px"), "max position error before (px)", False),
+    "position_max_after_px": (("positions", "after", "max_px"), "max position error after (px)", False),
+    "probe_error_start": (("probe", "start_error"), "probe error, start", False),
+    "probe_error_final": (("probe", "final_error"), "probe error, final", False),
+    "probe_intensity_error_start": (("probe", "start_intensity_error"), "probe intensity error, start", False),
+    "probe_intensity_error_final": (("probe", "final_intensity_error"), "probe intensity error, final", False),
+}
+#: Status of the reference job of a sweep without ground truth: the others are scored against it.
+REFERENCE_STATUS = "reference"
+_AWAITING_REFERENCE = "awaiting reference"  # internal: a job without ground truth before its reference is known
+NO_TRUTH_LINE = ("Scored against the highest-dose reconstruction of the same view, split, replicate and reconstructor "
+                 "(no ground truth); that reconstruction itself is not scored.")
 FIGURE_METRICS = ("phase_rmse", "phase_ssim", "phase_ms_ssim", "complex_correlation",
                   "frc_fraction_of_nyquist", "amplitude_ssim")
 
@@ -95,11 +116,41 @@ def load_ground_truth(path: Path) -> dict[str, np.ndarray]:
     return {**data.arrays, "_metadata": data.metadata}
 
 
+#: Optional members of a contract NPZ that realistic conditions add (docs/data_contract.md).
+REALISTIC_INPUT_KEYS = {"nominal_xcoords": "f", "nominal_ycoords": "f", "probe_modes": "c", "valid_pixels": "b"}
+#: Optional members of reconstruction.npz that summarize reads: final positions and, when the run used
+#: them, the start probe, the probe modes and the start (nominal) positions (docs/reconstruction_contract.md).
+RECONSTRUCTION_OPTIONAL_KEYS = {"checkpoint_epochs": "iu", "checkpoint_objects": "c", "checkpoint_seconds": "f",
+                                "positions_x_px": "f", "positions_y_px": "f", "initial_probe": "c", "probe_modes": "c",
+                                "initial_positions_x_px": "f", "initial_positions_y_px": "f"}
+
+
+def has_ground_truth(truth: dict) -> bool:
+    """False when the input's metadata says ``ground_truth: false`` (objectGuess is no truth: measured data)."""
+    return truth["_metadata"].get("ground_truth", True) is not False
+
+
+def load_realistic_inputs(path: Path, truth: dict) -> dict[str, np.ndarray]:
+    """The optional realistic members of a contract NPZ that are present, shapes checked against the truth's."""
+    arrays = read_npz_arrays(path, {}, REALISTIC_INPUT_KEYS)
+    n = truth["xcoords"].shape
+    probe_shape = truth["probeGuess"].shape
+    for key in ("nominal_xcoords", "nominal_ycoords"):
+        if key in arrays and arrays[key].shape != n:
+            raise ContractError(f"{path}: {key}: shape {arrays[key].shape}, expected {n} (one per position)")
+    for present, absent in (("nominal_xcoords", "nominal_ycoords"), ("nominal_ycoords", "nominal_xcoords")):
+        if present in arrays and absent not in arrays:
+            raise ContractError(f"{path}: {absent}: key missing (the file has {present})")
+    modes = arrays.get("probe_modes")
+    if modes is not None and (modes.ndim != 3 or modes.shape[1:] != probe_shape):
+        raise ContractError(f"{path}: probe_modes: shape {modes.shape}, expected (K, {probe_shape[0]}, {probe_shape[1]})")
+    return arrays
+
+
 def load_reconstruction(path: Path, object_shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """The object and loss history of a run-ptychi ``reconstruction.npz``, checked."""
     arrays = read_npz_arrays(path, {"object": "c", "probe": "c", "loss_epochs": "iu", "loss_values": "f",
-                                    "_metadata": "U"},
-                             {"checkpoint_epochs": "iu", "checkpoint_objects": "c", "checkpoint_seconds": "f"})
+                                    "_metadata": "U"}, RECONSTRUCTION_OPTIONAL_KEYS)
     arrays["metadata"] = _metadata(path, arrays["_metadata"])
     _check_checkpoints(path, arrays, tuple(object_shape))
     if arrays["object"].shape != tuple(object_shape):
@@ -189,6 +240,10 @@ class JobOutcome:
     convergence: list[dict] | None = None  # one scored entry per checkpoint (None: the file kept none)
     stop_reason: str | None = None
     obj: np.ndarray | None = None  # the reconstructed object as written (for the two-reconstruction FRC)
+    mask: np.ndarray | None = None  # the illuminated mask of the input (scored and reference jobs)
+    reference: dict | None = None  # without ground truth: {job_id, dose} of the reconstruction it is scored against
+    positions: dict | None = None  # position errors (the input has nominal positions)
+    probe: dict | None = None  # probe errors (the run started from or refined another probe, or used modes)
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -225,9 +280,23 @@ def flat_metrics(metric_doc: dict) -> dict[str, float | None]:
     return flat
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The reconstruction jobs without ground truth are scored against (the highest dose of their group)."""
+
+    job_id: str
+    dose: int
+    obj: np.ndarray
+
+
 def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.MetricSettings,
-              pixel_size_m: float | None) -> JobOutcome:
-    """Read one job's files and, when it ran ok, compare it with its ground truth."""
+              pixel_size_m: float | None, reference: Reference | None = None) -> JobOutcome:
+    """Read one job's files and, when it ran ok, compare it with its ground truth.
+
+    An input without ground truth (metadata ``ground_truth: false``) is compared with ``reference``
+    instead; without one the outcome waits for it (status internal to :func:`summarize`, which picks
+    the references and scores such jobs again).
+    """
     check_confined(root, job["id"], "job folder")  # a linked job folder is refused before anything in it is read
     result_path = check_confined(root, f"{job['id']}/result.json", "result.json")
     if not result_path.exists():
@@ -259,16 +328,177 @@ def score_job(job: dict, root: Path, execution: dict | None, settings: metrics.M
     truth = load_ground_truth(input_path)
     recon = load_reconstruction(recon_path, truth["objectGuess"].shape)
     check_reconstruction_identity(recon_path, recon["metadata"], job, options_hash(job))
+    extras = load_realistic_inputs(input_path, truth)
+    realistic = {"positions": position_errors(truth, extras, recon, recon_path, job),
+                 "probe": probe_errors(truth, extras, recon, recon_path, job)}
+    common = {"loss_epochs": recon["loss_epochs"], "loss_values": recon["loss_values"],
+              "stop_reason": recon["metadata"].get("stop_reason"), "obj": recon["object"], **realistic}
+    target = truth
+    ref_doc = None
+    if not has_ground_truth(truth):
+        if reference is None:
+            mask = metrics.illuminated_mask(truth["probeGuess"], truth["xcoords"], truth["ycoords"],
+                                            truth["objectGuess"].shape, settings.illumination_threshold, settings.erode_px)
+            return JobOutcome(job, _AWAITING_REFERENCE, None, result["returncode"], result, mask=mask, **common)
+        target = {**truth, "objectGuess": reference.obj}
+        ref_doc = {"job_id": reference.job_id, "dose": reference.dose}
     try:
-        comparison = metrics.compare(recon["object"], truth["objectGuess"], truth["probeGuess"],
-                                     truth["xcoords"], truth["ycoords"], settings, pixel_size_m)
+        comparison = metrics.compare(recon["object"], target["objectGuess"], target["probeGuess"],
+                                     target["xcoords"], target["ycoords"], settings, pixel_size_m)
     except ValueError as exc:
-        return JobOutcome(job, "unscored", f"cannot compare: {exc}", result["returncode"], result)
-    convergence = score_checkpoints(recon, truth, comparison, settings, pixel_size_m)
+        return JobOutcome(job, "unscored", f"cannot compare: {exc}", result["returncode"], result,
+                          reference=ref_doc, **realistic)
+    convergence = score_checkpoints(recon, target, comparison, settings, pixel_size_m)
     return JobOutcome(job, "scored", None, result["returncode"], result, comparison,
-                      gt=np.asarray(truth["objectGuess"]), loss_epochs=recon["loss_epochs"],
-                      loss_values=recon["loss_values"], convergence=convergence,
-                      stop_reason=recon["metadata"].get("stop_reason"), obj=recon["object"])
+                      gt=np.asarray(target["objectGuess"]), convergence=convergence, mask=comparison.mask,
+                      reference=ref_doc, **common)
+
+
+def _positions_of(recon: dict, recon_path: Path, prefix: str, n: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    keys = (f"{prefix}positions_x_px", f"{prefix}positions_y_px")
+    if not any(k in recon for k in keys):
+        return None
+    for key in keys:
+        if key not in recon:
+            raise ContractError(f"{recon_path}: {key}: key missing (the file has {keys[0] if key == keys[1] else keys[1]})")
+        if recon[key].shape != n:
+            raise ContractError(f"{recon_path}: {key}: shape {recon[key].shape}, expected {n} (one per input position)")
+    return np.asarray(recon[keys[0]], np.float64), np.asarray(recon[keys[1]], np.float64)
+
+
+def position_errors(truth: dict, extras: dict, recon: dict, recon_path: Path, job: dict) -> dict | None:
+    """``{before, after, ...}`` (:func:`metrics.position_error`) when the input has nominal positions, else None.
+
+    Before: the nominal positions (what the engine was given) against the true ``xcoords/ycoords``;
+    after: the final positions of ``reconstruction.npz``. When the file also has the start positions
+    (``initial_positions_*``), their mean offset from the nominal ones is taken as the engine's frame
+    offset and removed from the final ones (``frame_offset_px``), so both are in the input's frame.
+    """
+    if "nominal_xcoords" not in extras:
+        return None
+    n = truth["xcoords"].shape
+    final = _positions_of(recon, recon_path, "", n)
+    if final is None:
+        raise ContractError(f"{recon_path}: positions_x_px: key missing (the input has nominal positions: summarize "
+                            f"scores the final ones)")
+    nominal_x, nominal_y = extras["nominal_xcoords"].astype(np.float64), extras["nominal_ycoords"].astype(np.float64)
+    initial = _positions_of(recon, recon_path, "initial_", n)
+    offset = None
+    if initial is not None:
+        offset = [float(np.mean(initial[0] - nominal_x)), float(np.mean(initial[1] - nominal_y))]
+        final = (final[0] - offset[0], final[1] - offset[1])
+    options = job.get("engine_options") or {}
+    return {"n_positions": int(n[0]), "corrected": bool(options.get("position_correction", False)),
+            "frame_offset_px": offset,
+            "before": metrics.position_error(nominal_x, nominal_y, truth["xcoords"], truth["ycoords"]),
+            "after": metrics.position_error(final[0], final[1], truth["xcoords"], truth["ycoords"])}
+
+
+def _probe_frame(array: np.ndarray, path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    if array.shape != shape:
+        raise ContractError(f"{path}: {key}: shape {array.shape}, expected {shape} (probeGuess's)")
+    return array
+
+
+def probe_errors(truth: dict, extras: dict, recon: dict, recon_path: Path, job: dict) -> dict | None:
+    """Probe error of the start and the final probe (:func:`metrics.probe_error`, first mode vs probeGuess).
+
+    Reported when the input has a ground truth and the run did something to the probe beyond today's
+    true start: ``reconstruction.npz`` has ``initial_probe`` (another start) or ``probe_modes``, the
+    input has ``probe_modes`` (partial coherence), or the input carries realistic members and the
+    run refined the probe. The start probe is ``initial_probe``, else ``probeGuess`` (what an engine
+    starts from without one: error 0). With modes (reconstructed or true), also the relative error
+    of the total intensity ``sum_k |P_k|^2`` against the truth's (:func:`metrics.intensity_error`).
+    """
+    if not has_ground_truth(truth):
+        return None
+    initial, rec_modes, true_modes = recon.get("initial_probe"), recon.get("probe_modes"), extras.get("probe_modes")
+    options = job.get("engine_options") or {}
+    refined = bool(options.get("optimize_probe", False))
+    realistic_input = bool(extras) or any(k in truth["_metadata"] for k in ("detector", "position_errors", "probe_modes"))
+    if initial is None and rec_modes is None and true_modes is None and not (realistic_input and refined):
+        return None
+    true_probe = truth["probeGuess"]
+    shape = true_probe.shape
+    start = true_probe if initial is None else _probe_frame(initial, recon_path, "initial_probe", shape)
+    if rec_modes is not None:
+        if rec_modes.ndim != 3 or rec_modes.shape[1:] != shape:
+            raise ContractError(f"{recon_path}: probe_modes: shape {rec_modes.shape}, expected (K, {shape[0]}, {shape[1]})")
+        final = rec_modes[0]
+    else:
+        probe = recon["probe"]
+        final = _probe_frame(probe[0] if probe.ndim == 3 else probe, recon_path, "probe", shape)
+    doc = {"start": "probeGuess" if initial is None else "initial_probe", "refined": refined,
+           "modes": 1 if rec_modes is None else int(rec_modes.shape[0]),
+           "true_modes": 1 if true_modes is None else int(true_modes.shape[0]),
+           "start_error": metrics.probe_error(start, true_probe), "final_error": metrics.probe_error(final, true_probe),
+           "start_intensity_error": None, "final_intensity_error": None}
+    if rec_modes is not None or true_modes is not None:
+        truth_intensity = metrics.total_intensity(true_probe if true_modes is None else true_modes)
+        doc["start_intensity_error"] = metrics.intensity_error(metrics.total_intensity(start), truth_intensity)
+        doc["final_intensity_error"] = metrics.intensity_error(
+            metrics.total_intensity(final if rec_modes is None else rec_modes), truth_intensity)
+    return doc
+
+
+def score_against_references(outcomes: list[JobOutcome], root: Path, executions: dict, settings: metrics.MetricSettings,
+                             pixel_size_m: float | None, planned: list[dict], notes: list[str]) -> dict | None:
+    """Jobs without ground truth: the highest-dose reconstruction of each (view, split, replicate,
+    reconstructor) becomes the reference (status ``reference``, not scored) and the others of that
+    group are scored against it with the same comparison. Replaces the waiting outcomes in place;
+    returns summary.json ``scoring`` (None when every job has a ground truth).
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(outcomes):
+        if o.status == _AWAITING_REFERENCE:
+            groups.setdefault(_reference_group(o.job), []).append(i)
+    if not groups:
+        return None
+    references = []
+    for key, members in groups.items():
+        top = max(members, key=lambda i: outcomes[i].job["dose"])
+        ref = outcomes[top]
+        ref.status, ref.reference = REFERENCE_STATUS, {"job_id": ref.job["id"], "dose": ref.job["dose"]}
+        ref.gt = normalised_reference(ref.obj, ref.mask)
+        highest = max(j["dose"] for j in planned if _reference_group(j) == key)
+        if highest > ref.job["dose"]:
+            notes.append(f"no ground truth: {ref.job['id']} is the reference of its group (view {key[0]}, split {key[1]}, "
+                         f"replicate {key[2]}) although dose {highest} was planned: that job has no usable reconstruction")
+        reference = Reference(ref.job["id"], ref.job["dose"], ref.gt)
+        for i in members:
+            if i != top:
+                job = outcomes[i].job
+                log.info("scoring %s against %s", job["id"], ref.job["id"])
+                outcomes[i] = score_job(job, root, executions.get(job["id"]), settings, pixel_size_m, reference)
+        references.append({"view": key[0], "split": key[1], "replicate": key[2], "reconstructor": key[3],
+                           "job_id": ref.job["id"], "dose": ref.job["dose"]})
+    return {"ground_truth": False, "reference": "highest_dose_reconstruction", "line": NO_TRUTH_LINE,
+            "normalisation": REFERENCE_NORMALISATION, "references": references}
+
+
+REFERENCE_NORMALISATION = ("the reference's global phase (angle of its sum over the illuminated mask) removed and its "
+                           "amplitude divided by its mean over the mask")
+
+
+def normalised_reference(obj: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A reconstruction made fit to stand in for the truth (:data:`REFERENCE_NORMALISATION`).
+
+    A reconstruction's global phase and scale are arbitrary; a truth's are not: a global phase
+    near pi would wrap the reference's phase map (its peak-to-peak, the PSNR/SSIM data range,
+    would jump to 2 pi), and the scale would set the units of the amplitude errors. With the
+    phase removed and the mean amplitude 1, the scores of every group are on one footing.
+    """
+    obj = np.asarray(obj, np.complex128)
+    values = obj[mask]
+    if values.size == 0:
+        return obj
+    mean_amplitude = float(np.mean(np.abs(values)))
+    phase = np.exp(-1j * np.angle(np.sum(values)))
+    return obj * phase / mean_amplitude if mean_amplitude > 0 else obj * phase
+
+
+def _reference_group(job: dict) -> tuple:
+    return job["view"], job["split"], int(job.get("replicate", 0)), job.get("reconstructor")
 
 
 def score_checkpoints(recon: dict, truth: dict, final: metrics.Comparison, settings: metrics.MetricSettings,
@@ -403,11 +633,25 @@ HEADLINE_RESOLUTION = "pair_frc_fraction_of_nyquist"
 
 
 def metric_label(name: str) -> str:
-    return METRICS[name][1] if name in METRICS else PAIR_METRICS[name][1]
+    return METRICS[name][1] if name in METRICS else PAIR_METRICS[name][1] if name in PAIR_METRICS else \
+        REALISTIC_METRICS[name][1]
 
 
 def higher_is_better(name: str) -> bool:
-    return METRICS[name][2] if name in METRICS else PAIR_METRICS[name][2]
+    return METRICS[name][2] if name in METRICS else PAIR_METRICS[name][2] if name in PAIR_METRICS else \
+        REALISTIC_METRICS[name][2]
+
+
+def realistic_flat(row: dict) -> dict[str, float | None]:
+    """The realistic-condition measures of one job row by flat name (only those its row has)."""
+    flat = {}
+    for name, (path, _, _) in REALISTIC_METRICS.items():
+        value: Any = row
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            flat[name] = float(value) if math.isfinite(value) else None
+    return flat
 
 
 def pair_frc_entries(outcomes: list[JobOutcome], remove_ramp: bool) -> list[dict]:
@@ -419,15 +663,15 @@ def pair_frc_entries(outcomes: list[JobOutcome], remove_ramp: bool) -> list[dict
     (:func:`metrics.frc_measures`) taken on the average, with the half-bit threshold of the rings.
     """
     groups: dict[tuple, dict[int, JobOutcome]] = {}
-    for o in outcomes:
-        if o.comparison is not None and o.obj is not None:
+    for o in outcomes:  # scored jobs, and the reference jobs of a sweep without ground truth
+        if o.mask is not None and o.obj is not None:
             groups.setdefault((o.job["dose"], o.job["view"], o.job["split"], o.reconstructor), {})[o.replicate] = o
     entries = []
     for (dose, view, split, recon), members in groups.items():
         if len(members) < 2:
             continue
         replicates = sorted(members)
-        mask = np.logical_and.reduce([members[r].comparison.mask for r in replicates])
+        mask = np.logical_and.reduce([members[r].mask for r in replicates])
         if not mask.any():
             continue
         pairs, curves, frc = [], [], None
@@ -442,7 +686,7 @@ def pair_frc_entries(outcomes: list[JobOutcome], remove_ramp: bool) -> list[dict
         mean_curve = np.mean(curves, axis=0)
         measures = _finite(metrics.frc_measures(frc.frequency, mean_curve, frc.threshold))
         box = metrics.bounding_box(mask)
-        truth = [members[r].comparison.metrics["frc"] for r in replicates]
+        truth = [members[r].comparison.metrics["frc"] for r in replicates if members[r].comparison is not None]
         entries.append({
             "dose": dose, "view": view, "split": split, "reconstructor": recon, "replicates": replicates,
             "mask_pixels": int(np.count_nonzero(mask)),
@@ -451,8 +695,9 @@ def pair_frc_entries(outcomes: list[JobOutcome], remove_ramp: bool) -> list[dict
             "rings": {"frequency": frc.frequency.tolist(), "frc": mean_curve.tolist(), "threshold": frc.threshold.tolist(),
                       "n_pixels": frc.n_pixels.tolist()},
             "pairs": pairs,
+            # Reference jobs (no ground truth) have no comparison of their own: null.
             "truth_frc": {"fraction_of_nyquist": float(np.mean([f["fraction_of_nyquist"] for f in truth])),
-                          "integral": float(np.mean([f["mean_frc"] for f in truth]))},
+                          "integral": float(np.mean([f["mean_frc"] for f in truth]))} if truth else None,
             "flat": {name: measures[key] for name, (key, _, _) in PAIR_METRICS.items()},
         })
     return entries
@@ -496,9 +741,13 @@ def statistics_doc(jobs: list[dict], pair_entries: list[dict]) -> dict:
     :func:`pair_frc_entries`. Unscored jobs count for no metric; the pair measures count once per split.
     """
     several = several_reconstructors(jobs)
-    names = list(METRICS) + (list(PAIR_METRICS) if pair_entries else [])
+    realistic = {id(j): realistic_flat(j) for j in jobs}
+    names = (list(METRICS) + (list(PAIR_METRICS) if pair_entries else [])
+             + [n for n in REALISTIC_METRICS if any(r.get(n) is not None for r in realistic.values())])
     entries = [(_cell_of(j, several), statistics.job_unit(j.get("replicate", 0), j["split"]), j["flat"])
                for j in jobs if j["flat"] is not None]
+    entries += [(_cell_of(j, several), statistics.job_unit(j.get("replicate", 0), j["split"]), realistic[id(j)])
+                for j in jobs if realistic[id(j)]]
     entries += [(_cell_of(p, several), statistics.pair_unit(p["split"]), p["flat"]) for p in pair_entries]
     units = statistics.collect_units(entries)
     cells = list(dict.fromkeys(_cell_of(j, several) for j in jobs))
@@ -762,7 +1011,8 @@ def comparison_sections(summary: dict, stats: dict) -> list[str]:
             rows.append([_where(first, second, kind), label, str(n_pairs)]
                         + [f"{fmt_interval(comp['metrics'][n])} {VERDICT_SHORT[comp['metrics'][n]['verdict']]}"
                            for n in names])
-        out += ["", _render(["where", "first vs second", "pairs"] + [metric_label(n) for n in names], rows, True), ""]
+        out += [""] + scoring_lines(summary)
+        out += [_render(["where", "first vs second", "pairs"] + [metric_label(n) for n in names], rows, True), ""]
     return out
 
 
@@ -780,8 +1030,8 @@ def pair_frc_table(summary: dict) -> str | None:
         crossing = fmt(e["fraction_of_nyquist"]) + ("" if e["crossed"] else " (not crossed)")
         body.append([str(e["dose"]), e["view"], e["split"]] + ([fmt(e["reconstructor"])] if several else [])
                     + [", ".join(map(str, e["replicates"])), crossing, fmt(e["resolution_px"]), fmt(e["integral"]),
-                       fmt(e["fraction_of_nyquist_0_5"]), fmt(e["truth_frc"]["fraction_of_nyquist"]),
-                       fmt(e["truth_frc"]["integral"])])
+                       fmt(e["fraction_of_nyquist_0_5"]), fmt((e["truth_frc"] or {}).get("fraction_of_nyquist")),
+                       fmt((e["truth_frc"] or {}).get("integral"))])
     return _render(header, body, markdown=True)
 
 
@@ -820,7 +1070,114 @@ def map_section(summary: dict) -> list[str]:
         span = low if m["dose_low_status"] == "no_interval" or low == high else f"{low} … {high}"
         body.append([m["view"]] + ([fmt(m["reconstructor"])] if several else [])
                     + [fmt(m["overlap"]), _dose_text(m["min_dose"], m["status"], doc["doses"]), span])
-    return out + [_render(header, body, markdown=True), ""]
+    return out + scoring_lines(summary) + [_render(header, body, markdown=True), ""]
+
+
+def scoring_lines(summary: dict) -> list[str]:
+    """The line every table of a sweep without ground truth carries (what the scores are against), or nothing."""
+    scoring = summary.get("scoring")
+    return [f"*{scoring['line']}*", ""] if scoring else []
+
+
+def conditions_text(summary: dict) -> str:
+    """What every reconstruction started from: today's sentence, or the realistic conditions of ``conditions``."""
+    cond = summary.get("conditions")
+    if not cond:
+        return ("Every reconstruction starts from a flat object and the true probe (`probeGuess`, refined when the "
+                "design says so) at the exact scan positions (not refined): the baseline measures the algorithm "
+                "against dose and overlap, not its robustness to a wrong probe or positions.")
+    names = {"true": "the true probe (`probeGuess`)",
+             "model": "the design's probe model with the stated defocus and diameter errors (`probe_knowledge`)",
+             "estimated": "a probe estimated from the data (mean diffraction pattern, flat phase)"}
+    starts = " or ".join(names.get(s, s) for s in cond["probe_start"])
+    modes = f"; {cond['probe_modes']} probe modes" if cond["probe_modes"] > 1 else ""
+    where = ("the nominal ones an experiment reports (not the true ones: see Positions)" if cond["nominal_positions"]
+             else "the exact scan positions")
+    refined = "refined by position correction" if cond["position_correction"] else "not refined"
+    return (f"Realistic conditions: every reconstruction starts from a flat object; start probe: {starts}, refined "
+            f"when the design says so{modes}; positions: {where}, {refined}.")
+
+
+def _cell_key_cols(summary: dict, several: bool, cell: dict) -> list[str]:
+    return [str(cell["dose"]), cell["view"]] + ([fmt(cell["reconstructor"])] if several else [])
+
+
+def realistic_table(summary: dict, names: list[str]) -> str | None:
+    """Markdown: per cell with any of ``names``, n and mean ± CI half-width of each (statistics.cells)."""
+    stats = summary.get("statistics") or {}
+    names = [n for n in names if n in stats.get("metric_names", [])]
+    if not names:
+        return None
+    cells = [c for c in stats["cells"] if any((c["metrics"].get(n) or {}).get("n") for n in names)]
+    several = any(c["reconstructor"] is not None for c in cells)
+    header = ["dose", "view"] + (["reconstructor"] if several else []) + ["n"] + [metric_label(n) for n in names]
+    body = [_cell_key_cols(summary, several, c) + [str(max(c["metrics"][n]["n"] for n in names))]
+            + [fmt_interval(c["metrics"].get(n)) for n in names] for c in cells]
+    return _render(header, body, markdown=True)
+
+
+POSITION_NAMES = ("position_rms_before_px", "position_rms_after_px", "position_raw_rms_before_px",
+                  "position_raw_rms_after_px", "position_max_before_px", "position_max_after_px")
+PROBE_NAMES = ("probe_error_start", "probe_error_final", "probe_intensity_error_start", "probe_intensity_error_final")
+
+
+def positions_section(summary: dict) -> list[str]:
+    table = realistic_table(summary, list(POSITION_NAMES))
+    if table is None:
+        return []
+    corrected = sorted({bool(j["positions"]["corrected"]) for j in summary["jobs"] if j.get("positions")})
+    how = {(True,): "refined by the engine: position correction", (False,): "position correction off"}.get(
+        tuple(corrected), "position correction in some jobs only")
+    return ["## Positions", "",
+            "Position error in pixels against the true positions (`xcoords/ycoords`): *before* = the nominal positions "
+            f"the engine was given, *after* = its final positions ({how}). RMS of |error − mean error| (the object "
+            "absorbs a global shift of all positions), raw RMS (mean offset kept) and the largest |error − mean "
+            "error|; cell mean ± 95 % CI half-width over replicates × splits (per job: summary.json "
+            "`jobs[].positions`). Figure: `figures/position_error_vs_dose.png`.", ""] + scoring_lines(summary) + [table, ""]
+
+
+def probe_section(summary: dict) -> list[str]:
+    table = realistic_table(summary, list(PROBE_NAMES))
+    if table is None:
+        return []
+    return ["## Probe", "",
+            "Probe error = min over complex c of ‖c·P − P_true‖ / ‖P_true‖ (scale and global phase free; a shift of "
+            "the probe counts as error), first mode against `probeGuess`, for the start probe (`initial_probe`, or "
+            "`probeGuess` itself when the run started from it: 0) and the final one. With probe modes (reconstructed "
+            "or true), the intensity error = min over a ≥ 0 of ‖a·Σₖ|Pₖ|² − I_true‖ / ‖I_true‖, I_true = Σₖ|P_true,k|² "
+            "(`probe_modes` of the input, else |probeGuess|²). Cell mean ± 95 % CI half-width (per job: "
+            "`jobs[].probe`). Figure: `figures/probe_error_vs_dose.png`.", ""] + scoring_lines(summary) + [table, ""]
+
+
+def _side_text(side: dict) -> str:
+    return fmt_interval({"mean": side["mean"], "half_width": side["half_width"]})
+
+
+def beside_sections(summary: dict) -> list[str]:
+    """Markdown: per other study, its cell means beside this one's (summary.json ``beside``)."""
+    out = []
+    for doc in summary.get("beside") or []:
+        several = any(r["reconstructor"] is not None for r in doc["rows"])
+        this, other = doc["this_label"], doc["label"]
+        header = (["dose", "view"] + (["reconstructor"] if several else [])
+                  + ["metric", this, other, f"{this} − {other} (95 % Welch)", "ratio", "verdict"])
+        body = []
+        for row in doc["rows"]:
+            for name in doc["metrics"]:
+                m = row["metrics"][name]
+                d = m["difference"]
+                diff = fmt_interval({"mean": d["mean"], "half_width": d["half_width"]})
+                verdict = VERDICT_SHORT[d["verdict"]] if d["mean"] is not None else "-"
+                body.append([str(row["dose"]), row["view"]] + ([fmt(row["reconstructor"])] if several else [])
+                            + [metric_label(name), _side_text(m["this"]), _side_text(m["other"]), diff,
+                               fmt(d["ratio"]), verdict])
+        out += [f"## Beside {other}", "",
+                f"This study (`{this}`) beside `{doc['design_name']}` ({doc['summary']}): cell means ± 95 % CI "
+                f"half-width over replicates × splits, matched on (dose, view, reconstructor); the difference "
+                f"{this} − {other} with a Welch 95 % interval (independent data, so no pairing), the ratio "
+                f"{this} / {other} and the verdict for {this} (better / worse when the interval excludes 0, n.r. "
+                "otherwise).", ""] + scoring_lines(summary) + [_render(header, body, markdown=True), ""]
+    return out
 
 
 def _skip_id(skip: dict) -> str:
@@ -846,14 +1203,17 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
                "ground truth. FRC: complex object against the (noise-free) ground truth, half-bit threshold; "
                "resolution = half-period at the first crossing from above.")
     out.append("")
-    out.append("Every reconstruction starts from a flat object and the true probe (`probeGuess`, refined when the "
-               "design says so) at the exact scan positions (not refined): the baseline measures the algorithm "
-               "against dose and overlap, not its robustness to a wrong probe or positions.")
+    if summary.get("scoring"):
+        out += [f"**{summary['scoring']['line']}** There \"ground truth\" and \"truth-FRC\" mean that reference "
+                f"reconstruction, with {summary['scoring']['normalisation']}; the two-reconstruction FRC needs no "
+                "truth.", ""]
+    out.append(conditions_text(summary))
     stats = summary.get("statistics") or statistics_doc(summary["jobs"], summary.get("pair_frc") or [])
     out += ["", "## Per (dose, view): mean ± 95 % CI over replicates × splits", "",
             "Each cell: mean ± half-width of the 95 % Student t interval over its n scored units (replicate × split; "
             "the two-reconstruction FRC counts once per split); a value without ± has n = 1. Formula: "
-            "docs/manifests.md, \"Uncertainty and comparisons\".", "", cell_table(summary, stats), ""]
+            "docs/manifests.md, \"Uncertainty and comparisons\".", ""] + scoring_lines(summary) + [cell_table(summary, stats), ""]
+    out += beside_sections(summary)
     comparisons = comparison_sections(summary, stats)
     if comparisons:
         out += ["## Paired comparisons", "",
@@ -869,11 +1229,12 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
                 "replicates averaged ring by ring. Headline resolution: its half-bit crossing (fraction of Nyquist; "
                 "1 = not crossed, resolution at least the pixel); the integral (mean FRC up to Nyquist) and the 0.5 "
                 "crossing still rank where it does not cross. The truth-FRC (against the noise-free object) stays "
-                "beside it, averaged over the replicates.", "", pair_table, ""]
+                "beside it, averaged over the replicates.", ""] + scoring_lines(summary) + [pair_table, ""]
     map_lines = map_section(summary)
     if map_lines:
         out += map_lines
-    out += ["## Per job", "", metric_table(summary, markdown=True), ""]
+    out += positions_section(summary) + probe_section(summary)
+    out += ["## Per job", ""] + scoring_lines(summary) + [metric_table(summary, markdown=True), ""]
     table = convergence_table(summary)
     if table is not None:
         conv = s.get("convergence") or {}
@@ -883,7 +1244,7 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
                 f"best {headline}. Under-converged: {headline} still improved by more than "
                 f"{conv.get('tolerance', CONVERGENCE_TOLERANCE):g} over the last "
                 f"{conv.get('last_fraction', LAST_FRACTION):.0%} of the epochs run; fitting noise: the final value is "
-                f"worse than the best by more than that.", "", table, ""]
+                f"worse than the best by more than that.", ""] + scoring_lines(summary) + [table, ""]
     out += ["## Failures", ""]
     if summary["failures"]:
         out += [f"- `{f['job_id']}` {f['status']}"
@@ -911,7 +1272,7 @@ def render_markdown(summary: dict, title: str = "Sweep summary", figure_prefix: 
     return "\n".join(out) + "\n"
 
 
-def reproduce_commands(manifest: dict, artifact_root: str, remove_ramp: bool) -> list[str]:
+def reproduce_commands(manifest: dict, artifact_root: str, remove_ramp: bool, beside: Sequence[str] = ()) -> list[str]:
     """The commands that rebuild this sweep (data, plan, run, summary)."""
     prov = manifest["provenance"]
     filters = prov["filters"]
@@ -933,7 +1294,8 @@ def reproduce_commands(manifest: dict, artifact_root: str, remove_ramp: bool) ->
         ["gen-synthetic", "--design", prov["design"], *roots, *dose_flags],
         ["plan-jobs", "--design", prov["design"], *roots, "--artifact-root", prov["artifact_root"], *plan_flags],
         ["run-ptychi", "--manifest", manifest_path],
-        ["summarize", "--artifact-root", artifact_root] + (["--remove-ramp"] if remove_ramp else []),
+        ["summarize", "--artifact-root", artifact_root] + (["--remove-ramp"] if remove_ramp else [])
+        + [arg for spec in beside for arg in ("--beside", spec)],
     ]
     return [shlex.join(c) for c in commands]
 
@@ -946,6 +1308,116 @@ def _versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[dist] = "not installed"
     return versions
+
+
+# --------------------------------------------------------------------------- realistic conditions, other studies
+
+
+def conditions_doc(outcomes: list[JobOutcome]) -> dict | None:
+    """summary.json ``conditions``: what the runs started from, when anything differs from the ideal baseline.
+
+    From the manifest jobs' engine options (``probe_start``, ``probe_modes``, ``position_correction``;
+    absent = the true probe, one mode, no correction) and the inputs (nominal positions). None for a
+    sweep where every job starts from the true probe at the true positions with one mode.
+    """
+    starts, modes, corrected = set(), 1, False
+    for o in outcomes:
+        options = o.job.get("engine_options") or {}
+        start = options.get("probe_start")
+        starts.add(start.get("source", "true") if isinstance(start, dict) else "true")
+        modes = max(modes, int(options.get("probe_modes", 1) or 1))
+        corrected = corrected or bool(options.get("position_correction", False))
+    nominal = any(o.positions is not None for o in outcomes)
+    if starts <= {"true"} and modes == 1 and not corrected and not nominal:
+        return None
+    return {"probe_start": sorted(starts), "probe_modes": modes, "position_correction": corrected,
+            "nominal_positions": nominal}
+
+
+def parse_beside(text: str) -> tuple[Path, str | None]:
+    """``ROOT[:LABEL]`` -> (ROOT, LABEL or None). A path that exists as given is taken whole (it may hold a colon)."""
+    if Path(text).exists() or ":" not in text:
+        return Path(text), None
+    root, label = text.rsplit(":", 1)
+    return Path(root), (label or None)
+
+
+@dataclass
+class OtherStudy:
+    """Another study's summary, read for ``--beside``."""
+
+    spec: str
+    label: str
+    path: Path
+    summary: dict
+    sha256: str
+
+
+def beside_summary_path(root: Path) -> Path:
+    """The other study's summary.json: ROOT itself (a file), ROOT/summary.json, or ROOT/summary/summary.json."""
+    if root.is_file():
+        return root
+    if (root / "summary.json").is_file():
+        return root / "summary.json"
+    return root / "summary" / "summary.json"
+
+
+def load_beside(spec: str) -> OtherStudy:
+    """Read (schema-checked) the summary.json of another study; a missing or invalid one is a one-line error naming it."""
+    root, label = parse_beside(spec)
+    path = beside_summary_path(root)
+    if not path.is_file():
+        raise StudyError(f"{path}: summary.json not found (--beside {spec}: summarize that study first, or name its "
+                         f"summary folder or file)")
+    doc = read_json(path, SUMMARY_SCHEMA)
+    return OtherStudy(spec, label or doc["design_name"], path, doc, sha256_file(path))
+
+
+def beside_metric_names(emphasis: str) -> list[str]:
+    """Headline metrics put beside another study's: SSIM, MS-SSIM and RMSE of the emphasised quantity, the
+    complex correlation, the truth-FRC crossing, and the two-reconstruction FRC crossing and integral."""
+    quantity = "amplitude" if emphasis == "amplitude" else "phase"
+    return [f"{quantity}_ssim", f"{quantity}_ms_ssim", f"{quantity}_rmse", "complex_correlation",
+            "frc_fraction_of_nyquist", HEADLINE_RESOLUTION, "pair_frc_integral"]
+
+
+def _brief(stat: dict | None) -> dict:
+    stat = stat or {}
+    return {"n": stat.get("n", 0), "mean": stat.get("mean"), "half_width": stat.get("half_width")}
+
+
+def beside_doc(summary: dict, other: OtherStudy) -> dict:
+    """summary.json ``beside`` entry: this study's and the other's cell means side by side.
+
+    Cells are matched on (dose, view, reconstructor); a cell only one study has is listed with the
+    other side empty. Per metric (:func:`beside_metric_names`, those both studies report): each
+    side's n, mean and CI half-width, and the difference this - other with a Welch interval and
+    the ratio this / other (:func:`statistics.unpaired_difference`).
+    """
+    stats = summary["statistics"]
+    theirs = other.summary.get("statistics") or statistics_doc(other.summary["jobs"], other.summary.get("pair_frc") or [])
+    names = [n for n in beside_metric_names(summary["settings"]["emphasis"])
+             if n in stats["metric_names"] and n in theirs["metric_names"]]
+    mine = {(c["dose"], c["view"], c["reconstructor"]): c for c in stats["cells"]}
+    other_cells = {(c["dose"], c["view"], c["reconstructor"]): c for c in theirs["cells"]}
+    order = {v: i for i, v in enumerate(list(dict.fromkeys(stats["view_order"] + theirs["view_order"])))}
+    keys = sorted(set(mine) | set(other_cells),
+                  key=lambda k: (k[0], order.get(k[1], len(order)), k[1], "" if k[2] is None else k[2]))
+    rows = []
+    for key in keys:
+        a, b = mine.get(key), other_cells.get(key)
+        row_metrics = {}
+        for name in names:
+            sa = a["metrics"].get(name) if a else None
+            sb = b["metrics"].get(name) if b else None
+            row_metrics[name] = {"this": _brief(sa), "other": _brief(sb),
+                                 "difference": statistics.unpaired_difference(sa or {}, sb or {}, higher_is_better(name))}
+        rows.append({"dose": key[0], "view": key[1], "reconstructor": key[2], "metrics": row_metrics})
+    return {"label": other.label, "this_label": summary["design_name"], "design_name": other.summary["design_name"],
+            "summary": str(other.path), "summary_sha256": other.sha256, "metrics": names,
+            "method": "cells matched on (dose, view, reconstructor); difference = this - other with a Welch t interval "
+                      "(each study's own variance; independent data, so no pairing); ratio = this / other",
+            "rows": _finite(rows)}
 
 
 # --------------------------------------------------------------------------- the whole summary
@@ -969,10 +1441,17 @@ def _series(o: JobOutcome, several: bool) -> str:
 def _figure_panels(outcomes: list[JobOutcome], split: str, several: bool) -> dict[tuple[int, str], figures.ObjectPanel]:
     panels = {}
     for o in outcomes:
-        if o.comparison is None or o.job["split"] != split:
+        if o.job["split"] != split:
             continue
-        box, mask = o.comparison.box, o.comparison.mask[o.comparison.box]
-        gt, rec = o.gt[box], o.comparison.aligned[box]
+        if o.comparison is not None:
+            box, mask = o.comparison.box, o.comparison.mask[o.comparison.box]
+            gt, rec = o.gt[box], o.comparison.aligned[box]
+        elif o.status == REFERENCE_STATUS and o.gt is not None:  # no ground truth: the reference stands for it
+            box = metrics.bounding_box(o.mask)
+            mask, gt = o.mask[box], o.gt[box]
+            rec = gt
+        else:
+            continue
         rec_phase = np.angle(gt) + np.angle(rec * np.conj(gt))
         panels[(o.job["dose"], _series(o, several))] = figures.ObjectPanel(
             gt_phase=np.angle(gt), gt_amplitude=np.abs(gt),
@@ -993,9 +1472,10 @@ def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> li
         panels = _figure_panels(first, split, several)
         missing = {(o.job["dose"], _series(o, several)): f"{o.status}" for o in first
                    if o.job["split"] == split and o.comparison is None}
+        truth_title = "reference (highest dose)" if summary.get("scoring") else "ground truth"
         for quantity in ("phase", "amplitude"):
             paths.append(figures.object_grid(panels, doses, views, quantity, split,
-                                             fig_dir / f"object_{quantity}_{split}.png", missing))
+                                             fig_dir / f"object_{quantity}_{split}.png", missing, truth_title))
     points = [{"dose": o.job["dose"], "view": _series(o, several), "split": o.job["split"], "metrics": row["flat"]}
               for o, row in zip(outcomes, summary["jobs"]) if row["flat"] is not None]
     stats = summary["statistics"]
@@ -1009,6 +1489,7 @@ def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> li
             curve.frc_frequency = o.comparison.frc.frequency
             curve.frc = o.comparison.frc.frc
             curve.frc_threshold = o.comparison.frc.threshold
+        if o.loss_values is not None:  # scored jobs, and the reference jobs of a sweep without ground truth
             curve.loss_epochs, curve.loss_values = o.loss_epochs, o.loss_values
         curves.append(curve)
     paths.append(figures.frc_curves(curves, doses, views, fig_dir / "frc_curves.png"))
@@ -1029,6 +1510,35 @@ def draw_figures(outcomes: list[JobOutcome], summary: dict, fig_dir: Path) -> li
                                                     METRICS[headline][1], fig_dir / f"convergence_dose_{dose}.png"))
     if summary["dose_overlap_map"]:
         paths += draw_map(summary["dose_overlap_map"], stats, fig_dir)
+    paths += draw_realistic(summary, cells, views, fig_dir)
+    return paths
+
+
+def draw_realistic(summary: dict, cells: list[dict], views: list[str], fig_dir: Path) -> list[Path]:
+    """position_error_vs_dose.png, probe_error_vs_dose.png and beside_<i>.png, when the summary has them."""
+    names = set(summary["statistics"]["metric_names"])
+    paths = []
+    position_panels = [(title, "position error (px)", before, after) for title, before, after in (
+        ("RMS, mean offset removed", "position_rms_before_px", "position_rms_after_px"),
+        ("raw RMS", "position_raw_rms_before_px", "position_raw_rms_after_px"),
+        ("max, mean offset removed", "position_max_before_px", "position_max_after_px")) if before in names]
+    if position_panels:
+        paths.append(figures.before_after_vs_dose(cells, views, position_panels, fig_dir / "position_error_vs_dose.png",
+                                                  "position error against the true positions: before = nominal "
+                                                  "(given to the engine), after = final; cell mean with 95 % CI"))
+    probe_panels = [(title, ylabel, before, after) for title, ylabel, before, after in (
+        ("probe (first mode vs probeGuess)", "min_c ||cP - P_true|| / ||P_true||", "probe_error_start", "probe_error_final"),
+        ("total intensity sum_k |P_k|^2", "relative intensity error", "probe_intensity_error_start",
+         "probe_intensity_error_final")) if after in names]
+    if probe_panels:
+        paths.append(figures.before_after_vs_dose(cells, views, probe_panels, fig_dir / "probe_error_vs_dose.png",
+                                                  "probe error: before = start probe, after = final probe; cell mean "
+                                                  "with 95 % CI"))
+    for i, doc in enumerate(summary.get("beside") or []):
+        if doc["metrics"]:
+            labels = {name: metric_label(name) for name in doc["metrics"]}
+            paths.append(figures.beside_vs_dose(doc["rows"], doc["metrics"], labels, doc["this_label"], doc["label"],
+                                                fig_dir / f"beside_{i + 1}.png"))
     return paths
 
 
@@ -1092,13 +1602,22 @@ def _job_row(o: JobOutcome, headline: str) -> dict:
         "stopped_early": (o.stop_reason is not None) if o.status == "scored" else None,
         "stop_reason": o.stop_reason, "convergence": _finite(o.convergence),
         **convergence_flags(o.convergence, headline),
+        # Realistic conditions only: an ideal sweep's rows keep today's keys.
+        **{key: _finite(value) for key, value in (("reference", o.reference), ("positions", o.positions),
+                                                   ("probe", o.probe)) if value is not None},
     }
 
 
 def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remove_ramp: bool = False,
-              design_path: str | Path | None = None, erode_px: int = 0, make_figures: bool = True) -> SummaryOutcome:
-    """Score every job of the sweep under ``artifact_root`` and write the summary folder."""
+              design_path: str | Path | None = None, erode_px: int = 0, make_figures: bool = True,
+              beside: Sequence[str] = ()) -> SummaryOutcome:
+    """Score every job of the sweep under ``artifact_root`` and write the summary folder.
+
+    ``beside``: other studies (``ROOT[:LABEL]``, :func:`parse_beside`) whose summary.json cell means
+    are put beside this one's (summary.json ``beside``, a table each).
+    """
     start = time.perf_counter()
+    others = [load_beside(spec) for spec in beside]  # a missing or invalid other summary fails before any scoring
     root = Path(artifact_root)
     if not root.is_dir():
         raise StudyError(f"{root}: artifact root not found (a folder holding {MANIFEST_NAME})")
@@ -1125,6 +1644,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
     for job in jobs:
         log.info("scoring %s", job["id"])
         outcomes.append(score_job(job, root, executions.get(job["id"]), settings, pixel_size))
+    scoring = score_against_references(outcomes, root, executions, settings, pixel_size, manifest["jobs"], notes)
 
     known = {(j["dose"], j["view"], j["split"], j.get("replicate", 0)) for j in manifest["jobs"]}
     on_disk = sorted(p.parent.relative_to(root).as_posix()
@@ -1164,13 +1684,16 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
                                          "tolerance": CONVERGENCE_TOLERANCE}})
     # Written folders: the one the user named, or <artifact-root>/summary; never through a link inside them.
     out = Path(out_dir) if out_dir is not None else make_confined_dirs(root, "summary", "summary folder")
+    counts = {"design_jobs": manifest["total_jobs"], "planned": len(jobs),
+              "scored": sum(o.status == "scored" for o in outcomes), "failed": len(failures),
+              "not_run": sum(o.status == "not_run" for o in outcomes), "skipped": len(skips)}
+    if scoring is not None:
+        counts["references"] = sum(o.status == REFERENCE_STATUS for o in outcomes)
     summary = {
         "schema_version": "1.0",
         "design_name": manifest["provenance"]["design_name"],
         "settings": settings_doc,
-        "counts": {"design_jobs": manifest["total_jobs"], "planned": len(jobs),
-                   "scored": sum(o.status == "scored" for o in outcomes), "failed": len(failures),
-                   "not_run": sum(o.status == "not_run" for o in outcomes), "skipped": len(skips)},
+        "counts": counts,
         "jobs": rows,
         "aggregates": aggregate(rows),
         "statistics": stats,
@@ -1180,7 +1703,7 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
         "not_run": [o.job["id"] for o in outcomes if o.status == "not_run"],
         "skips": skips,
         "figures": [],
-        "reproduce": reproduce_commands(manifest, str(artifact_root), remove_ramp),
+        "reproduce": reproduce_commands(manifest, str(artifact_root), remove_ramp, beside),
         "notes": notes,
         "provenance": {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1189,6 +1712,14 @@ def summarize(artifact_root: str | Path, out_dir: str | Path | None = None, remo
             "design_hash": manifest["provenance"]["design_hash"], "versions": _versions(),
         },
     }
+    # Realistic conditions and comparisons with other studies: keys written only when there is something to say.
+    if scoring is not None:
+        summary["scoring"] = scoring
+    conditions = conditions_doc(outcomes)
+    if conditions is not None:
+        summary["conditions"] = conditions
+    if others:
+        summary["beside"] = [beside_doc(summary, other) for other in others]
     figure_paths: list[Path] = []
     if make_figures:
         figure_paths = draw_figures(outcomes, summary, make_confined_dirs(out, "figures", "figures folder"))
