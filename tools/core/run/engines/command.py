@@ -155,6 +155,23 @@ class CommandOptions:
         return fill_template(self.argv, values)
 
 
+def _refuse_realistic(design: Any, settings: Mapping[str, Any], where: str) -> None:
+    """The command engine's program gets probeGuess and fixed positions only: a design asking for
+    another start probe, probe modes or position refinement is refused in one line naming its key."""
+    # A design without the block (or a stand-in without the accessor) starts from probeGuess.
+    start = getattr(design, "probe_knowledge", {}).get("start", "true")
+    if start != "true":
+        raise DesignError(f"{design.path}: probe_knowledge/start: the command engine hands its program probeGuess "
+                          f"(a {start} start probe is not passed); use start true, or a pty-chi or CDTools reconstructor")
+    modes = settings.get("probe_modes")
+    if modes is not None and int(modes) != 1:
+        raise DesignError(f"{design.path}: {where}/probe_modes: the command engine reconstructs what its program "
+                          f"returns (one probe); remove probe_modes, or use a pty-chi or CDTools reconstructor")
+    if settings.get("position_correction"):
+        raise DesignError(f"{design.path}: {where}/position_correction: the command engine does not refine "
+                          f"positions; remove position_correction, or use a pty-chi or CDTools reconstructor")
+
+
 def command_design_options(design: Any, settings: Mapping[str, Any], where: str = "reconstruction") -> dict:
     """The command engine's ``engine_options`` of one reconstructor of a study design.
 
@@ -162,6 +179,7 @@ def command_design_options(design: Any, settings: Mapping[str, Any], where: str 
     records the absolute path), the run-time placeholders stay. ``where`` names the design
     block in errors (``reconstruction`` or ``reconstructors/<i>/options``).
     """
+    _refuse_realistic(design, settings, where)
     command = settings.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(e, str) for e in command):
         raise DesignError(f"{design.path}: {where}/command: the command engine needs the program's argv "
@@ -289,8 +307,14 @@ def input_metadata(inputs: EngineInputs) -> dict:
 
 
 def write_engine_input(path: str | os.PathLike, inputs: EngineInputs) -> Path:
-    """The program's ``input.npz``: measured data and geometry, nothing of the ground truth."""
-    write_npz_atomic(path, {
+    """The program's ``input.npz``: measured data and geometry, nothing of the ground truth.
+
+    ``xcoords``/``ycoords`` are the positions the engine was given (the nominal ones of a file that
+    has them). With a detector mask, ``valid_pixels`` (bool (N, N), DC-centred like ``counts``)
+    follows the other members; counts are 0 where it is False, and the program must leave those
+    pixels out of its fit.
+    """
+    arrays = {
         "counts": np.ascontiguousarray(inputs.counts, dtype=np.float32),
         "probeGuess": np.ascontiguousarray(inputs.probe, dtype=np.complex64),
         "xcoords": np.ascontiguousarray(inputs.xcoords, dtype=np.float64),
@@ -298,7 +322,10 @@ def write_engine_input(path: str | os.PathLike, inputs: EngineInputs) -> Path:
         "scan_index": np.ascontiguousarray(inputs.scan_index, dtype=np.int64),
         "object_shape": np.asarray(inputs.object_shape, dtype=np.int64),
         "_metadata": np.array(json.dumps(input_metadata(inputs), sort_keys=True)),
-    })
+    }
+    if inputs.valid_pixels is not None:
+        arrays["valid_pixels"] = np.ascontiguousarray(inputs.valid_pixels, dtype=bool)
+    write_npz_atomic(path, arrays)
     return Path(path)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from ...errors import EngineError
 from .base import Engine
 from .command import CommandOptions, command_design_options
-from .options import CdtoolsOptions, PtychiOptions, options_record
+from .options import CdtoolsOptions, ProbeStart, PtychiOptions, options_record
 
 DEFAULT_ENGINE = "ptychi"
 
@@ -96,11 +96,14 @@ class EngineSpec:
         return algorithm
 
 
+#: Settings of the realistic conditions (probe modes, position refinement) pty-chi and CDTools share.
+REALISTIC_SETTINGS = ("probe_modes", "position_correction")
 PTYCHI_SETTINGS = ("noise_model", "batch_size", "optimize_probe", "probe_update_start_epoch", "chunk_epochs",
-                   "object_alpha", "probe_alpha", "object_step_size", "probe_step_size")
+                   "object_alpha", "probe_alpha", "object_step_size", "probe_step_size", *REALISTIC_SETTINGS)
 CDTOOLS_SETTINGS = ("noise_model", "learning_rate", "learning_rate_final", "batch_size", "optimize_probe",
-                    "probe_update_start_epoch", "chunk_epochs")
-COMMAND_SETTINGS = ("command", "keep_work_dir")
+                    "probe_update_start_epoch", "chunk_epochs", *REALISTIC_SETTINGS)
+# The command engine refuses the realistic settings with a message of its own (command_design_options).
+COMMAND_SETTINGS = ("command", "keep_work_dir", *REALISTIC_SETTINGS)
 
 
 def _design_values(design: Any) -> dict:
@@ -108,14 +111,60 @@ def _design_values(design: Any) -> dict:
             "object_pixel_size_m": design.object_pixel_size_m}
 
 
+def probe_start_options(design: Any) -> dict | None:
+    """The ``probe_start`` engine option of the design's ``probe_knowledge`` (None: start from probeGuess).
+
+    ``model`` rebuilds the design's probe model with the stated errors: the pupil radius divided by
+    ``1 + diameter_error`` (the probe scaled by ``1 + diameter_error`` in real space), the defocus
+    plus ``defocus_error_rad``. It needs a probe model: a design whose probe is an NPZ (or a
+    measured design, which has no probe block) is refused, naming ``probe_knowledge/start``.
+    """
+    knowledge = design.probe_knowledge
+    start = knowledge.get("start", "true")
+    if start == "true":
+        return None
+    if start == "estimated":
+        return {"source": "estimated"}
+    if start != "model":
+        raise EngineError(f"probe_knowledge/start: {start!r} is not one of true, model, estimated")
+    probe = design.raw.get("probe")
+    if probe is None or "model" not in probe:
+        what = "a measured design has no probe block" if probe is None else "its probe is an NPZ (probe/npz)"
+        raise EngineError(f"probe_knowledge/start: model needs the design's probe model, but {what}; "
+                          f"use estimated (from the data) or true (probeGuess)")
+    defocus_error = float(knowledge.get("defocus_error_rad", 0.0))
+    diameter_error = float(knowledge.get("diameter_error", 0.0))
+    return ProbeStart(source="model", model=probe["model"],
+                      pupil_radius_fraction=float(probe["pupil_radius_fraction"]) / (1.0 + diameter_error),
+                      defocus_phase_rad=float(probe.get("defocus_phase_rad", 0.0)) + defocus_error,
+                      defocus_error_rad=defocus_error, diameter_error=diameter_error).mapping()
+
+
+def _realistic_values(design: Any, settings: Mapping[str, Any]) -> dict:
+    """The realistic-condition options, each only when it changes the run (one mode and fixed
+    positions are today's runs: left out, so their options hash stays)."""
+    values = {}
+    start = probe_start_options(design)
+    if start is not None:
+        values["probe_start"] = start
+    if settings.get("probe_modes") is not None and int(settings["probe_modes"]) != 1:
+        values["probe_modes"] = settings["probe_modes"]
+    if settings.get("position_correction"):
+        values["position_correction"] = settings["position_correction"]
+    return values
+
+
 def _record_options(design: Any, settings: Mapping[str, Any], options_type: type) -> dict:
     """``engine_options`` in the record's field order: the design's seed and geometry, the merged
     settings for the rest; an optional field the settings leave unset (or None) is left out."""
-    values = _design_values(design)
+    values = {**_design_values(design), **_realistic_values(design, settings)}
+    settings = {k: v for k, v in settings.items() if k not in REALISTIC_SETTINGS}
     mapping = {}
     for f in dataclasses.fields(options_type):
         if f.name in values:
             mapping[f.name] = values[f.name]
+        elif f.name in ("probe_start", *REALISTIC_SETTINGS):
+            continue
         elif settings.get(f.name) is not None or f.default is dataclasses.MISSING:
             mapping[f.name] = settings[f.name]
     return mapping
