@@ -35,7 +35,8 @@ def test_load_inputs_recovers_exact_counts(smoke_data):
     np.testing.assert_array_equal(inputs.counts, expected)
     # What an engine gets, and nothing more: the behavioural check is test_ground_truth_never_reaches_the_engine.
     assert [f.name for f in dataclasses.fields(EngineInputs)] == [
-        "counts", "probe", "xcoords", "ycoords", "scan_index", "object_shape", "metadata"]
+        "counts", "probe", "xcoords", "ycoords", "scan_index", "object_shape", "metadata", "valid_pixels",
+        "positions_source"]
 
 
 def test_load_inputs_rejects_a_contract_violation(smoke_data, tmp_path):

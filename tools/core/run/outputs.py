@@ -2,7 +2,8 @@
 
 ``reconstruction.npz`` (object, probe, positions, losses, ``_metadata`` JSON string; optional
 checkpoints: ``checkpoint_epochs``, ``checkpoint_objects``, ``checkpoint_seconds``, at most
-:data:`.engines.control.MAX_CHECKPOINTS`; docs/manifests.md), ``losses.csv`` and ``product.h5``
+:data:`.engines.control.MAX_CHECKPOINTS`; optional, only when used: ``probe_modes``,
+``initial_probe``, ``initial_positions_x_px``/``_y_px``; docs/manifests.md), ``losses.csv`` and ``product.h5``
 (Ptychodus) are written by the worker, each atomically; ``result.json`` only by :mod:`.recording`;
 ``ptychi.log`` holds everything the job printed plus the runner's notes.
 
@@ -59,8 +60,15 @@ def naming(path: Path) -> Iterator[None]:
         raise OutputError(f"{path}: {reason}") from None
 
 
-def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, metadata: dict) -> Path:
-    """``reconstruction.npz``: object, probe, positions, losses and a JSON ``_metadata`` string."""
+def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, metadata: dict,
+                             initial_positions: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """``reconstruction.npz``: object, probe, positions, losses and a JSON ``_metadata`` string.
+
+    Realistic conditions add, each only when used (so an ideal run's file keeps its members):
+    ``probe_modes`` (K, N, N) with several modes, ``initial_probe`` (N, N) when the start probe was
+    not probeGuess, and ``initial_positions_x_px``/``_y_px``, the positions the engine was given
+    (``initial_positions``, or the result's own when it refined them); ``positions_*`` are the final ones.
+    """
     arrays = {
         "object": result.object.astype(np.complex64),
         "probe": result.probe.astype(np.complex64),
@@ -79,6 +87,15 @@ def write_reconstruction_npz(path: str | os.PathLike, result: EngineResult, meta
         # Engine seconds at each checkpoint; NaN where an engine kept an object but no time.
         arrays["checkpoint_seconds"] = np.asarray([result.checkpoint_seconds.get(e, np.nan) for e in epochs],
                                                   dtype=np.float64)
+    if result.probe_modes is not None:
+        arrays["probe_modes"] = np.asarray(result.probe_modes, dtype=np.complex64)
+    if result.initial_probe is not None:
+        arrays["initial_probe"] = np.asarray(result.initial_probe, dtype=np.complex64)
+    if result.initial_positions_x_px is not None:
+        initial_positions = (result.initial_positions_x_px, result.initial_positions_y_px)
+    if initial_positions is not None:
+        arrays["initial_positions_x_px"] = np.asarray(initial_positions[0], dtype=np.float64)
+        arrays["initial_positions_y_px"] = np.asarray(initial_positions[1], dtype=np.float64)
     with atomic_output(path) as handle:
         np.savez(handle, **arrays)
     return Path(path)
@@ -106,8 +123,10 @@ def write_job_outputs(item: WorkItem, inputs: EngineInputs, result: EngineResult
             "reconstructor": getattr(job, "reconstructor", None),
             "epochs_run": int(len(result.loss_values)), "stop_reason": result.stop_reason,
             "stopping": None if stop is None else stop.mapping()}
+    # Nominal positions (an experiment's) are recorded as given even when the engine kept them.
+    given = (inputs.xcoords, inputs.ycoords) if inputs.positions_source == "nominal" else None
     with naming(out / "reconstruction.npz"):
-        write_reconstruction_npz(out / "reconstruction.npz", result, meta)
+        write_reconstruction_npz(out / "reconstruction.npz", result, meta, given)
     with naming(out / "losses.csv"):
         write_losses_csv(out / "losses.csv", result.loss_epochs, result.loss_values)
     title = engine_spec(job.engine).title
@@ -130,6 +149,8 @@ def _write_product(item: WorkItem, inputs: EngineInputs, result: EngineResult, t
             exposure_time_s=inst.exposure_time_s,
             pixel_size_m=inst.object_pixel_size_m,
         ),
-        result.object, result.probe, result.positions_x_px, result.positions_y_px,
+        # Ptychodus reads a probe with a leading mode axis as incoherent modes.
+        result.object, result.probe if result.probe_modes is None else result.probe_modes,
+        result.positions_x_px, result.positions_y_px,
         inputs.scan_index, result.loss_epochs, result.loss_values,
     )
