@@ -7,6 +7,10 @@ the probe Fourier-shifted by each position's sub-pixel residual times an integer
 far field by the unnormalised FFT, counts DC-centred -- and writes an NPZ that obeys the
 reconstruction contract (docs/reconstruction_contract.md). numpy only.
 
+With a detector mask (the input's optional ``valid_pixels``: True = measured), the modulus
+constraint is applied on the measured pixels only; elsewhere the model's own far field is kept,
+so unmeasured pixels never pull the reconstruction (nor enter the reported error).
+
     python simple_epie.py --input input.npz --output output.npz --epochs 8 --seed 123
 """
 
@@ -42,14 +46,20 @@ def shift_ramp(residual, n):
     return np.exp(-2j * np.pi * (residual[0] * f[:, None] + residual[1] * f[None, :]))
 
 
-def epie(counts, probe, ycoords, xcoords, object_shape, epochs, seed, object_step, probe_step, log=print):
-    """ePIE from a flat object; returns object, probe and the mean squared amplitude error per epoch."""
+def epie(counts, probe, ycoords, xcoords, object_shape, epochs, seed, object_step, probe_step, log=print,
+         valid_pixels=None):
+    """ePIE from a flat object; returns object, probe and the mean squared amplitude error per epoch.
+
+    ``valid_pixels`` (bool, DC-centred like ``counts``; None: all measured): pixels where it is
+    False keep the model's amplitude in the modulus constraint and are left out of the error.
+    """
     n = probe.shape[-1]
     starts, residuals = windows(ycoords, xcoords, object_shape, n)
     if starts.min() < 0 or np.any(starts + n > np.asarray(object_shape)):
         raise SystemExit("a probe window lies outside the object (positions do not fit object_shape)")
     # Measured amplitudes with DC moved back to pixel (0, 0), where np.fft puts it.
     measured = np.fft.ifftshift(np.sqrt(np.maximum(counts, 0.0)), axes=(-2, -1))
+    valid = None if valid_pixels is None else np.fft.ifftshift(np.asarray(valid_pixels, dtype=bool))
     obj = np.ones(object_shape, dtype=np.complex128)
     probe = probe.astype(np.complex128)
     rng = np.random.default_rng(seed)
@@ -65,8 +75,13 @@ def epie(counts, probe, ycoords, xcoords, object_shape, epochs, seed, object_ste
             exit_wave = shifted * window
             far = np.fft.fft2(exit_wave)
             amplitude = np.abs(far)
-            error += np.mean((amplitude - measured[j]) ** 2)
-            revised = np.fft.ifft2(measured[j] * np.exp(1j * np.angle(far)))
+            revised_far = measured[j] * np.exp(1j * np.angle(far))
+            if valid is None:
+                error += np.mean((amplitude - measured[j]) ** 2)
+            else:
+                error += np.mean((amplitude - measured[j])[valid] ** 2)
+                revised_far = np.where(valid, revised_far, far)
+            revised = np.fft.ifft2(revised_far)
             diff = revised - exit_wave
             obj[sy:sy + n, sx:sx + n] = window + object_step * np.conj(shifted) / np.max(np.abs(shifted) ** 2) * diff
             if probe_step > 0:
@@ -81,6 +96,7 @@ def epie(counts, probe, ycoords, xcoords, object_shape, epochs, seed, object_ste
 def load_input(path):
     with np.load(path, allow_pickle=False) as npz:
         data = {key: npz[key] for key in ("counts", "probeGuess", "xcoords", "ycoords", "object_shape")}
+        data["valid_pixels"] = npz["valid_pixels"] if "valid_pixels" in npz.files else None
         data["metadata"] = json.loads(str(npz["_metadata"]))
     return data
 
@@ -119,7 +135,7 @@ def main(argv=None):
     start = time.perf_counter()
     obj, probe, losses = epie(data["counts"].astype(np.float64), data["probeGuess"], data["ycoords"],
                               data["xcoords"], shape, args.epochs, args.seed, args.object_step, args.probe_step,
-                              log=lambda line: print(line, flush=True))
+                              log=lambda line: print(line, flush=True), valid_pixels=data["valid_pixels"])
     seconds = time.perf_counter() - start
     parameters = {"object_step": args.object_step, "probe_step": args.probe_step, "seed": args.seed}
     write_output(args.output, obj, probe, losses, seconds, parameters)
