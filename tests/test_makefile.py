@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from ptydose.core.contract import read_contract_npz
 from ptydose.core.manifests import read_json
 
 
@@ -147,3 +148,30 @@ def test_make_ladder_run_chains_generate_join_thin_validate_plan_run_summarize(r
     assert positions == sorted(positions)
     assert f"{reports}/" in text and "/ladder_run/run.log" in text
     assert not out.exists() and not reports.exists()
+
+
+@pytest.mark.slow
+def test_make_ladder_run_thins_a_joined_scan_end_to_end(repo_root, tmp_path):
+    """`make ladder-run` on the smoke scan (sparse view, 2 epochs): the source dose generated, joined
+    into the parent the ladder design names, thinned (2 doses x 2 replicates), every job ok, scored
+    against its group's highest-dose reconstruction (no ground truth), log kept."""
+    out, reports, parent = tmp_path / "ladder", tmp_path / "reports", tmp_path / "parent" / "whole.npz"
+    raw = json.loads((repo_root / "plans" / "smoke" / "design.json").read_text())
+    for block in ("probe", "object", "scan"):
+        raw.pop(block)
+    raw.update(name="smoke_ladder", doses=[1000, 10000], replicates=2,
+               measured={"npz": str(parent), "ground_truth": False})
+    design = tmp_path / "design.json"
+    design.write_text(json.dumps(raw))
+    result = _make(repo_root, "ladder-run", f"LADDER_DESIGN={design}", "LADDER_SOURCE_DESIGN=plans/smoke/design.json",
+                   f"LADDER_OUT={out}", f"LADDER_PARENT={parent}", f"REPORTS={reports}", "VIEW=sparse", "EPOCHS=2",
+                   "WORKERS=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [part["split"] for part in read_contract_npz(parent).metadata["scan"]["joined_from"]] == ["train", "test"]
+    manifest = read_json(out / "phase_f" / "reconstruction_manifest.json", "reconstruction_manifest")
+    assert len(manifest["jobs"]) == 8
+    assert sorted(r["status"] for r in manifest["execution_results"]) == ["ok"] * 8
+    summary = json.loads((out / "phase_f" / "summary" / "summary.json").read_text())
+    assert summary["scoring"]["reference"] == "highest_dose_reconstruction"
+    assert sorted(r["dose"] for r in summary["scoring"]["references"]) == [10000] * 4
+    assert list(reports.glob("*/ladder_run/run.log"))
