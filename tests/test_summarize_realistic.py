@@ -391,6 +391,14 @@ def test_every_table_and_the_results_page_say_what_the_reference_is(no_truth, re
     assert "| dose_100000/dense/train | reference |" in outcome.markdown_path.read_text()
 
 
+def test_the_cli_counts_the_references(no_truth, tmp_path):
+    root, _ = no_truth
+    result = CliRunner().invoke(cli, ["--artifact-root", str(root), "--out", str(tmp_path / "s")], prog_name="summarize")
+    assert result.exit_code == 0, result.output
+    assert "8 scored, 4 references (no ground truth), 0 failed, 0 not run, 0 skipped" in result.stderr
+    assert sum(" reference " in line for line in result.stdout.splitlines()) == 4
+
+
 def test_a_failed_highest_dose_falls_back_to_the_next_and_is_noted(tmp_path, smoke_design_path):
     failed = job_id(100000, "dense", "test", None, 1)
     root = build_realistic_sweep(tmp_path, smoke_design_path, NO_TRUTH_DOSES, 2, _measured_files,
@@ -467,6 +475,17 @@ def test_beside_accepts_a_summary_folder_or_file_and_defaults_the_label(two_stud
         assert s["beside"][0]["summary"] == str(ideal / "summary" / "summary.json")
 
 
+def test_beside_is_repeatable(two_studies, tmp_path):
+    """Two other studies: one beside entry and one table each, in the order given."""
+    ideal, worse, first = two_studies
+    s = summarize(worse, out_dir=tmp_path / "s", make_figures=False,
+                  beside=[f"{ideal}:first", f"{ideal / 'summary'}:again"]).summary
+    assert [b["label"] for b in s["beside"]] == ["first", "again"]
+    assert s["beside"][0]["rows"] == s["beside"][1]["rows"]
+    text = (tmp_path / "s" / "summary.md").read_text()
+    assert text.index("## Beside first") < text.index("## Beside again")
+
+
 def test_beside_a_missing_or_invalid_summary_is_a_one_line_error(two_studies, tmp_path):
     ideal, worse, _ = two_studies
     runner = CliRunner()
@@ -524,3 +543,58 @@ def test_unpaired_difference_matches_scipy_welch_and_refuses_small_cells():
     single = statistics.unpaired_difference(statistics.interval([0.9]), statistics.interval(b), True)
     assert single["ci_low"] is None and single["verdict"] == "not resolved" and single["mean"] is not None
     assert statistics.unpaired_difference({}, statistics.interval(b), True)["mean"] is None
+
+
+# --------------------------------------------------------------------------- a real run under realistic conditions
+
+REALISTIC_BLOCKS = {
+    "probe_modes": {"count": 2, "power_ratio": 0.1},
+    "position_errors": {"random_px": 0.5, "scale": 0.005, "rotation_deg": 0.3, "drift_px": [1.0, -1.0]},
+    "detector": {"readout_noise_adu": 3.0, "adu_per_photon": 10.0, "saturation_photons": 3000, "mask_saturated": True,
+                 "beamstop_radius_px": 2.0, "bad_pixels": 4},
+    "probe_knowledge": {"start": "model", "defocus_error_rad": 1.0, "diameter_error": 0.1},
+}
+
+
+@pytest.mark.slow
+def test_a_real_realistic_run_is_scored_from_its_own_files(smoke_design_path, tmp_path):
+    """gen-synthetic with every realistic block, pty-chi from a model probe with 2 modes and position correction,
+    then summarize: the measures agree with a direct computation on the input and reconstruction files."""
+    from ptydose.core.jobs import plan_jobs, write_plan
+    from ptydose.core.synthetic import generate_study
+    from ptydose.run_ptychi import cli as run_cli
+
+    raw = json.loads(smoke_design_path.read_text())
+    raw.update(name="smoke_realistic", doses=[100000], position_errors=REALISTIC_BLOCKS["position_errors"],
+               detector=REALISTIC_BLOCKS["detector"], probe_knowledge=REALISTIC_BLOCKS["probe_knowledge"])
+    raw["probe"]["modes"] = REALISTIC_BLOCKS["probe_modes"]
+    raw["reconstruction"].update(num_epochs=8, probe_modes=2, position_correction=True)
+    design = tmp_path / "design.json"
+    design.write_text(json.dumps(raw))
+    generate_study(design, tmp_path / "pc", tmp_path / "pd", progress=False)
+    plan = write_plan(plan_jobs(design, tmp_path / "pc", tmp_path / "pd", tmp_path / "art", views=["dense"],
+                                splits=["train"]))
+    result = CliRunner().invoke(run_cli, ["--manifest", str(plan.manifest_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    s = summarize(tmp_path / "art", make_figures=False).summary
+    assert s["conditions"] == {"probe_start": ["model"], "probe_modes": 2, "position_correction": True,
+                               "nominal_positions": True}
+    (row,) = s["jobs"]
+    with np.load(row_input(tmp_path / "art", row), allow_pickle=False) as data, \
+            np.load(tmp_path / "art" / row["job_id"] / "reconstruction.npz", allow_pickle=False) as rec:
+        true = np.column_stack([data["xcoords"], data["ycoords"]])
+        for side, given in (("before", np.column_stack([data["nominal_xcoords"], data["nominal_ycoords"]])),
+                            ("after", np.column_stack([rec["positions_x_px"], rec["positions_y_px"]]))):
+            e = given - true
+            assert row["positions"][side]["rms_px"] == pytest.approx(
+                math.sqrt(np.mean(np.sum((e - e.mean(axis=0)) ** 2, axis=1))), rel=1e-12)
+        # The engine records the nominal positions it was given, in the input's frame.
+        np.testing.assert_array_equal(rec["initial_positions_x_px"], data["nominal_xcoords"])
+        truth, start = data["probeGuess"].astype(complex).ravel(), rec["initial_probe"].astype(complex).ravel()
+        corr = abs(np.vdot(start, truth)) / (np.linalg.norm(start) * np.linalg.norm(truth))
+        # 1 - |corr|^2 loses digits where the error is small; here it is ~0.5, so 1e-6 holds.
+        assert row["probe"]["start_error"] == pytest.approx(math.sqrt(1 - corr**2), abs=1e-6)
+        assert (row["probe"]["modes"], row["probe"]["true_modes"]) == (rec["probe_modes"].shape[0], 2)
+    assert row["positions"]["corrected"] is True and row["positions"]["frame_offset_px"] == [0.0, 0.0]
+    assert row["positions"]["after"]["rms_px"] != row["positions"]["before"]["rms_px"]
+    assert row["probe"]["start"] == "initial_probe" and 0 < row["probe"]["start_error"] < 1
