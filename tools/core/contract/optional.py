@@ -9,16 +9,12 @@ finite, mode 0 = ``probeGuess``, the stated power fractions) and the total probe
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .spec import METADATA_KEY, POWER_FRACTION_ABS_TOL, PROBE_POWER_REL_TOL, FileReport, index_text
-from .streaming import chunk_rows, unreadable
+from .streaming import Source, chunk_rows, unreadable
 from .structure import Inspection, number
-
-if TYPE_CHECKING:
-    from .values import Source
 
 
 def check_mask(data: np.ndarray, insp: Inspection, report: FileReport) -> np.ndarray | None:

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -27,6 +27,29 @@ SPILL_RESERVE_BYTES = 256 << 20  # disk left free after decompressing objectGues
 
 class MemberReadError(Exception):
     """A member's data cannot be read within the stated bounds; the message is the problem text."""
+
+
+class Rows(Protocol):
+    """Row access to a 2-D member: streamed bands, then any rectangle (:class:`RowAccess`)."""
+
+    unavailable: str | None
+    row_bytes: int
+
+    def scan(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def block(self, r0: int, r1: int, c0: int, c1: int, budget: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where the value checks read arrays from: the archive, or arrays already in memory."""
+
+    def array(self, key: str) -> np.ndarray: ...
+
+    def chunks(self, key: str, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def rows(self, key: str) -> Rows: ...
 
 
 def unreadable(exc: Exception) -> str:

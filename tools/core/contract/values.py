@@ -12,7 +12,6 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -21,27 +20,8 @@ from .diffraction import DiffractionStats, report_diffraction, scan_diffraction_
 from .optional import check_mask, check_probe
 from .reading import MemberHeader
 from .spec import FileReport, continuous_counts, index_text, shape_text
-from .streaming import RowAccess, chunk_rows, member_chunks, read_member_bytes, unreadable
+from .streaming import RowAccess, Rows, Source, chunk_rows, member_chunks, read_member_bytes, unreadable
 from .structure import Inspection, number
-
-
-class Rows(Protocol):
-    unavailable: str | None
-    row_bytes: int
-
-    def scan(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
-
-    def block(self, r0: int, r1: int, c0: int, c1: int, budget: int) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-
-class Source(Protocol):
-    def array(self, key: str) -> np.ndarray: ...
-
-    def chunks(self, key: str, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
-
-    def rows(self, key: str) -> Rows: ...
 
 
 class ZipSource:
