@@ -89,7 +89,7 @@ class Engine(Protocol):
 def _engine_positions(data: ContractData) -> tuple[np.ndarray, np.ndarray, str]:
     """The positions an engine gets, x then y, and which they are: the nominal ones when the file has them."""
     x, y = data.engine_positions()
-    nominal = x is not data["xcoords"] or y is not data["ycoords"]
+    nominal = all(key in data.arrays for key in ("nominal_xcoords", "nominal_ycoords"))
     return x, y, "nominal" if nominal else "true"
 
 
