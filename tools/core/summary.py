@@ -6,6 +6,12 @@ Reads only files: ``<artifact_root>/reconstruction_manifest.json`` (schema-check
 manifest (metric settings). Writes ``summary.json`` (schema ``summary``), ``summary.md`` and
 ``figures/*.png`` into the summary folder.
 
+Realistic conditions (docs/manifests.md, "Realistic conditions in the summary"): an input
+without ground truth is scored against the highest-dose reconstruction of its (view, split,
+replicate, reconstructor); nominal positions, start probes and probe modes give per-job position
+and probe errors; ``beside`` puts another study's cell means beside this one's. None of it
+changes the summary of an ideal sweep.
+
 A partial sweep is reported, never fatal: a job that failed, has no outcome yet, or ran but
 cannot be compared (reconstruction or input missing, input changed since planning) becomes a
 row with its reason. A file that is there but is not what it should be (malformed JSON, schema
