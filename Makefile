@@ -28,6 +28,10 @@ GRID_OUT      ?= tmp/grid
 GRID_WORKERS  ?= 2
 SMOKE_GRID_DESIGN ?= plans/smoke_grid/design.json
 SMOKE_GRID_OUT    ?= tmp/smoke_grid
+# make realistic-run: REALISTIC_DESIGN at DOSE under REALISTIC_OUT, summarized beside the ideal study
+# of `make real-run` (ARTIFACT_ROOT) when that one has a summary.
+REALISTIC_DESIGN ?= plans/fly64_realistic/design.json
+REALISTIC_OUT    ?= tmp/realistic
 # make ladder-run: LADDER_SOURCE_DESIGN's whole scan at LADDER_SOURCE_DOSE, joined from its baseline
 # train + test files into LADDER_PARENT (where LADDER_DESIGN's measured/npz points), thinned into
 # LADDER_DESIGN's dose ladder under LADDER_OUT.
@@ -62,7 +66,7 @@ DOSE_FLAGS   := $(foreach d,$(DOSE),--dose $(call q,$(d)))
 DOSE_DIRS    := $(foreach d,$(DOSE),$(call q,$(PHASE_C_ROOT)/dose_$(d)) $(call q,$(PHASE_D_ROOT)/dose_$(d)))
 DOSE_TAG     := $(subst $(eval) ,_,$(strip $(DOSE)))
 
-.PHONY: help venv test lint dry-run real-run grid-run smoke-grid ladder-run data doc-sync doc-check bench clean
+.PHONY: help venv test lint dry-run real-run realistic-run grid-run smoke-grid ladder-run data doc-sync doc-check bench clean
 
 help: ## List the targets (default)
 	@echo "Dose x overlap ptychography baseline study"
@@ -117,6 +121,25 @@ real-run: $(DOSE_DATA) ## Full design at DOSE: validate, plan, reconstruct (the 
 	    || exit $$?; \
 	  $(BIN)/run-ptychi --manifest $(call q,$(ARTIFACT_ROOT)/reconstruction_manifest.json) $(RUN_FLAGS); run_rc=$$?; \
 	  $(BIN)/summarize --artifact-root $(call q,$(ARTIFACT_ROOT)) || exit $$?; \
+	  exit $$run_rc; \
+	) 2>&1 | tee "$$log"; rc=$$?; \
+	echo "log: $$log"; exit $$rc
+
+realistic-run: $(STAMP) ## Realistic design at DOSE (unknown probe, position errors, detector): generate, validate, plan, run, summarize beside the ideal real-run
+	@log=$(call q,$(REPORTS)/$(NOW)/realistic_run/dose_$(DOSE_TAG)/run.log); mkdir -p "$$(dirname "$$log")"; \
+	ideal=$(call q,$(ARTIFACT_ROOT)); beside=(); \
+	set -o pipefail; ( \
+	  $(BIN)/gen-synthetic --design $(call q,$(REALISTIC_DESIGN)) --phase-c-root $(call q,$(REALISTIC_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(REALISTIC_OUT)/phase_d) $(DOSE_FLAGS) || exit $$?; \
+	  $(BIN)/validate-npz -q $(foreach d,$(DOSE),$(call q,$(REALISTIC_OUT)/phase_c/dose_$(d)) $(call q,$(REALISTIC_OUT)/phase_d/dose_$(d))) \
+	    || exit $$?; \
+	  $(BIN)/plan-jobs --design $(call q,$(REALISTIC_DESIGN)) --phase-c-root $(call q,$(REALISTIC_OUT)/phase_c) \
+	    --phase-d-root $(call q,$(REALISTIC_OUT)/phase_d) --artifact-root $(call q,$(REALISTIC_OUT)/phase_f) $(DOSE_FLAGS) \
+	    $(PLAN_FILTERS) || exit $$?; \
+	  $(BIN)/run-ptychi --manifest $(call q,$(REALISTIC_OUT)/phase_f/reconstruction_manifest.json) $(RUN_FLAGS); run_rc=$$?; \
+	  if [ -f "$$ideal/summary/summary.json" ]; then beside=(--beside "$$ideal:ideal"); \
+	  else echo "no ideal summary in $$ideal/summary/: run make real-run with the same DOSE first to see the ideal study beside"; fi; \
+	  $(BIN)/summarize --artifact-root $(call q,$(REALISTIC_OUT)/phase_f) "$${beside[@]}" || exit $$?; \
 	  exit $$run_rc; \
 	) 2>&1 | tee "$$log"; rc=$$?; \
 	echo "log: $$log"; exit $$rc

@@ -22,7 +22,7 @@ def test_make_help_lists_every_target(repo_root):
     """`make` alone is `make help` and lists each target with its ## line."""
     result = _make(repo_root)
     assert result.returncode == 0, result.stderr
-    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "grid-run", "smoke-grid", "data", "doc-sync",
+    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "realistic-run", "grid-run", "smoke-grid", "data", "doc-sync",
                    "doc-check", "bench", "clean"):
         assert f"  {target} " in result.stdout, target
 
@@ -175,3 +175,30 @@ def test_make_ladder_run_thins_a_joined_scan_end_to_end(repo_root, tmp_path):
     assert summary["scoring"]["reference"] == "highest_dose_reconstruction"
     assert sorted(r["dose"] for r in summary["scoring"]["references"]) == [10000] * 4
     assert list(reports.glob("*/ladder_run/run.log"))
+
+
+@pytest.mark.slow
+def test_make_realistic_run_summarizes_beside_the_ideal_study(repo_root, tmp_path):
+    """`make real-run` then `make realistic-run` (smoke designs, dose 1e5, dense view, 2 epochs): the
+    realistic data carry nominal positions, a mask and probe modes; every job ok; the summary reports
+    position and probe errors and puts the ideal study's cells beside its own."""
+    out, real, reports = tmp_path / "ideal", tmp_path / "realistic", tmp_path / "reports"
+    common = ["DOSE=100000", "VIEW=dense", "EPOCHS=2", "WORKERS=2", f"REPORTS={reports}"]
+    ideal = _make(repo_root, "real-run", "DESIGN=plans/smoke/design.json", f"OUT={out}", *common)
+    assert ideal.returncode == 0, ideal.stdout[-3000:] + ideal.stderr[-3000:]
+    result = _make(repo_root, "realistic-run", "REALISTIC_DESIGN=plans/smoke_realistic/design.json",
+                   f"REALISTIC_OUT={real}", f"ARTIFACT_ROOT={out / 'phase_f'}", *common)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = read_contract_npz(real / "phase_d" / "dose_100000" / "dense" / "dense_train.npz")
+    assert data.valid_pixels() is not None and not data.valid_pixels().all()
+    assert "probe_modes" in data.arrays and "nominal_xcoords" in data.arrays
+    manifest = read_json(real / "phase_f" / "reconstruction_manifest.json", "reconstruction_manifest")
+    assert sorted(r["status"] for r in manifest["execution_results"]) == ["ok"] * 2
+    summary = json.loads((real / "phase_f" / "summary" / "summary.json").read_text())
+    for job in summary["jobs"]:
+        assert job["positions"]["corrected"] and job["positions"]["before"]["rms_px"] > 0
+        assert job["probe"]["start"] == "initial_probe" and job["probe"]["modes"] == 2
+    (beside,) = summary["beside"]
+    assert beside["label"] == "ideal"
+    assert {(row["dose"], row["view"]) for row in beside["rows"]} == {(100000, "dense")}
+    assert list(reports.glob("*/realistic_run/dose_100000/run.log"))
