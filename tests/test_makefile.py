@@ -22,7 +22,8 @@ def test_make_help_lists_every_target(repo_root):
     """`make` alone is `make help` and lists each target with its ## line."""
     result = _make(repo_root)
     assert result.returncode == 0, result.stderr
-    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "realistic-run", "grid-run", "smoke-grid", "data", "doc-sync",
+    for target in ("help", "venv", "test", "lint", "dry-run", "real-run", "realistic-run", "grid-run", "smoke-grid",
+                   "ladder-run", "data", "doc-sync",
                    "doc-check", "bench", "clean"):
         assert f"  {target} " in result.stdout, target
 

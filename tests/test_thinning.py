@@ -367,7 +367,7 @@ def test_a_parent_holding_half_the_scan_is_refused(smoke_data, smoke_design_path
     """A ladder's splits are halves of the parent's scan: a parent of one split leaves the other empty."""
     (tmp_path / "parent.npz").write_bytes((smoke_data["phase_c_root"] / "dose_100000/patched_train.npz").read_bytes())
     design = measured_design(smoke_design_path, tmp_path, "parent.npz", [1000])
-    with pytest.raises(DesignError, match="measured/npz: the parent has no positions in the test split"):
+    with pytest.raises(DesignError, match="measured/npz: the test split has no positions"):
         generate_ladder(load_design(design), tmp_path / "c", tmp_path / "d")
 
 
@@ -534,9 +534,9 @@ def test_join_scan_usage_errors(smoke_design_path, smoke_data, tmp_path):
     out = str(tmp_path / "whole.npz")
     runs = {
         "at least two part files": ["--join-scan", out, str(train)],
-        "--design belong to generating": ["--join-scan", out, str(train), str(test), "--design",
+        "not --design, which generating": ["--join-scan", out, str(train), str(test), "--design",
                                           str(smoke_design_path)],
-        "--dose belong to generating": ["--join-scan", out, str(train), str(test), "--dose", "1000"],
+        "not --dose, which generating": ["--join-scan", out, str(train), str(test), "--dose", "1000"],
         "unexpected file argument": ["--design", str(smoke_design_path), "--phase-c-root", str(tmp_path / "c"),
                                      "--phase-d-root", str(tmp_path / "d"), str(train)],
         "Missing option '--design'": ["--phase-c-root", str(tmp_path / "c"), "--phase-d-root", str(tmp_path / "d")],

@@ -57,8 +57,8 @@ def _usage_checks(ctx: click.Context, join_out, parts, generation_options: dict)
     if join_out is not None:
         given = [flag for flag, value in generation_options.items() if value]
         if given:
-            raise click.UsageError(f"--join-scan takes only the part files ({', '.join(given)} belong to "
-                                   f"generating from a design)", ctx)
+            raise click.UsageError(f"--join-scan takes only the part files (not {', '.join(given)}, which "
+                                   f"generating from a design takes)", ctx)
         if len(parts) < 2:
             raise click.UsageError("--join-scan needs at least two part files to join (e.g. a dose's "
                                    "patched_train.npz and patched_test.npz)", ctx)

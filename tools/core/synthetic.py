@@ -139,11 +139,26 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
     realistic = realistic_conditions(design, probe_unit, coords)
     if realistic["probe_modes_unit"] is not None:
         probe_unit = realistic["probe_modes_unit"][0]  # mode 0 carries its share of the power only
-    splits = overlap.split_indices(coords, design.object_shape)
+    # Splits and views are chosen on the positions an experiment knows (the nominal ones under
+    # position errors), as a dose ladder thinned from such data chooses them.
+    known = coords if realistic.get("nominal") is None else realistic["nominal"]
+    splits, selections = select_views(design, known, design.object_shape, "scan")
+    return StudyGeometry(design, probe_unit, probe_meta, obj, object_meta, coords, scan_meta, splits, selections,
+                         **realistic)
+
+
+def select_views(design: StudyDesign, coords: np.ndarray, object_shape: tuple[int, int], where: str,
+                 hint: str = "") -> tuple[dict[str, np.ndarray], dict[tuple[str, str], overlap.Selection]]:
+    """The train/test splits of ``coords`` and each (view, split)'s selection, seeded by the design.
+
+    ``where`` names the design key a split without positions is blamed on (``scan``, ``measured/npz``).
+    """
+    splits = overlap.split_indices(coords, object_shape)
     for split, idx in splits.items():
         if len(idx) == 0:
-            raise DesignError(f"{design.path}: scan: the {split} split has no positions")
-    neighbours = int(raw["overlap_reference"]["neighbours"])
+            raise DesignError(f"{design.path}: {where}: the {split} split has no positions{hint}")
+    seeds = design.seeds
+    neighbours = int(design.raw["overlap_reference"]["neighbours"])
     diameter = design.probe_diameter_px
     targets = design.target_overlaps
     selections: dict[tuple[str, str], overlap.Selection] = {}
@@ -158,8 +173,7 @@ def build_geometry(design: StudyDesign) -> StudyGeometry:
                 threshold = 0.0 if view == BASELINE_VIEW else design.spacing_thresholds[view]
                 selection = overlap.select_view(coords, splits[split], threshold, diameter, neighbours, rng)
             selections[(view, split)] = selection
-    return StudyGeometry(design, probe_unit, probe_meta, obj, object_meta, coords, scan_meta, splits, selections,
-                         **realistic)
+    return splits, selections
 
 
 def realistic_conditions(design: StudyDesign, probe_unit: np.ndarray, coords: np.ndarray) -> dict:

@@ -34,13 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from . import manifests, overlap, physics, synthetic
+from . import manifests, physics, synthetic
+from .contract import OPTIONAL_KEYS as CONTRACT_OPTIONAL_KEYS
 from .contract import check_npz, read_contract_npz, read_npz_arrays
 from .contract.reading import open_zip
 from .contract.spec import FileReport, counts_from_diffraction
 from .contract.structure import inspect
 from .contract.values import ZipSource
-from .design import BASELINE_VIEW, StudyDesign, dose_key, load_design
+from .design import StudyDesign, dose_key, load_design
 from .errors import ContractError, DesignError
 from .fileio import NpzMember, NpzWriter, sha256_file, streamed_npz
 from .synthetic import FilePlan, StudyGeometry
@@ -54,7 +55,7 @@ SPLIT_WORD = 0
 #: Parent patterns per batch (the draws are taken batch by batch: part of the files' definition).
 BATCH_SIZE = synthetic.BATCH_SIZE
 #: The optional contract members a child keeps from its parent, in file order after the eight.
-OPTIONAL_KEYS = ("probe_modes", "nominal_xcoords", "nominal_ycoords", "valid_pixels")
+OPTIONAL_KEYS = CONTRACT_OPTIONAL_KEYS
 PER_POSITION_OPTIONAL = ("nominal_xcoords", "nominal_ycoords")
 
 
@@ -259,27 +260,9 @@ def build_geometry(design: StudyDesign, parent: Parent) -> StudyGeometry:
     """Splits and view selections of the parent's positions, as build_geometry makes them for a scan."""
     coords = parent.known_positions()
     obj = parent.arrays["objectGuess"]
-    splits = overlap.split_indices(coords, obj.shape)
-    for split, idx in splits.items():
-        if len(idx) == 0:
-            raise DesignError(f"{design.path}: measured/npz: the parent has no positions in the {split} split "
-                              f"(a dose ladder's parent is a whole scan: both halves of the object along y)")
-    seeds = design.seeds
-    neighbours = int(design.raw["overlap_reference"]["neighbours"])
-    diameter = design.probe_diameter_px
-    targets = design.target_overlaps
-    selections: dict[tuple[str, str], overlap.Selection] = {}
-    for view_index, view in enumerate(design.views):
-        for split in design.splits:
-            rng = overlap.subsampling_rng(seeds["subsampling"], split, view_index)
-            if view in targets:
-                selection = overlap.select_view_for_overlap(coords, splits[split], targets[view], diameter,
-                                                            neighbours, rng)
-                synthetic.check_target_reached(design, view, split, selection)
-            else:
-                threshold = 0.0 if view == BASELINE_VIEW else design.spacing_thresholds[view]
-                selection = overlap.select_view(coords, splits[split], threshold, diameter, neighbours, rng)
-            selections[(view, split)] = selection
+    splits, selections = synthetic.select_views(design, coords, obj.shape, "measured/npz",
+                                                " (a dose ladder's parent is a whole scan: both halves of the object "
+                                                "along y)")
     probe_meta = dict(parent.metadata.get("probe", {}))
     probe_meta.setdefault("diameter_definition", "as recorded by the parent")
     probe_unit = parent.arrays["probeGuess"].astype(np.complex128) / math.sqrt(parent.dose)
