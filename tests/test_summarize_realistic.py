@@ -228,6 +228,25 @@ def test_probe_error_of_start_and_final_probe(realistic):
                 expected = np.linalg.norm(a * stored - truth_intensity) / np.linalg.norm(truth_intensity)
                 assert probe[key] == pytest.approx(expected, rel=1e-4)
         assert 0 < probe["final_intensity_error"] < probe["start_intensity_error"]
+        # Registration can only lower the error (it falls back to no shift otherwise).
+        assert probe["final_error_registered"] <= probe["final_error"] + 1e-12
+        assert len(probe["final_shift_px"]) == 2
+
+
+def test_registered_probe_error_removes_a_shift_of_the_probe():
+    """A probe shifted by (1.3, -2.6) px (periodic Fourier shift, as pty-chi shifts probes) scores a large
+    plain error but ~0 once registered, and the recovered shift is the opposite of the one applied.
+    Tolerances: the sub-pixel optimiser stops at 1e-6 px; 1e-3 px and 1e-4 in error leave room for it."""
+    p, _, _ = _orthogonal_modes()
+    shifted = metrics.fourier_shift_image(p, (1.3, -2.6))
+    plain = metrics.probe_error(shifted, p)
+    registered, shift = metrics.registered_probe_error(shifted, p)
+    assert plain > 0.3
+    assert registered < 1e-4
+    assert shift == pytest.approx((-1.3, 2.6), abs=1e-3)
+    # An unshifted probe is left alone: no shift, the plain error.
+    same, none = metrics.registered_probe_error(p * (0.5 - 0.5j), p)
+    assert same < 1e-6 and np.hypot(*none) < 1e-3
 
 
 def test_realistic_measures_get_cell_intervals_tables_and_figures(realistic):

@@ -622,6 +622,25 @@ def probe_error(probe: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(c * p - t) / truth_norm)
 
 
+def registered_probe_error(probe: np.ndarray, truth: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """:func:`probe_error` after the sub-pixel shift that best aligns ``probe`` with ``truth``, and that
+    shift (rows, cols).
+
+    A probe and an object shifted together by the same vector give the same data (the engine's
+    positions fixed), so a reconstruction may settle on a shifted pair; the object is registered
+    before it is scored, and this is the probe's counterpart. The shift is periodic (Fourier), as
+    pty-chi's own sub-pixel probe shift is; never worse than the unregistered error.
+    """
+    p = np.asarray(probe, np.complex128)
+    t = np.asarray(truth, np.complex128)
+    unregistered = probe_error(p, t)
+    shift = register(t, p, np.ones(t.shape, dtype=bool))
+    registered = probe_error(fourier_shift_image(p, shift), t)
+    if registered >= unregistered:
+        return unregistered, (0.0, 0.0)
+    return registered, shift
+
+
 def intensity_error(intensity: np.ndarray, truth: np.ndarray) -> float:
     """``min_{a >= 0} ||a I - I_true|| / ||I_true||`` of two total probe intensities ``sum_k |P_k|^2``.
 

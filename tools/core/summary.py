@@ -79,6 +79,7 @@ REALISTIC_METRICS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "position_max_after_px": (("positions", "after", "max_px"), "max position error after (px)", False),
     "probe_error_start": (("probe", "start_error"), "probe error, start", False),
     "probe_error_final": (("probe", "final_error"), "probe error, final", False),
+    "probe_error_final_registered": (("probe", "final_error_registered"), "probe error, final, shift removed", False),
     "probe_intensity_error_start": (("probe", "start_intensity_error"), "probe intensity error, start", False),
     "probe_intensity_error_final": (("probe", "final_intensity_error"), "probe intensity error, final", False),
 }
@@ -439,6 +440,8 @@ def probe_errors(truth: dict, extras: dict, recon: dict, recon_path: Path, job: 
            "true_modes": 1 if true_modes is None else int(true_modes.shape[0]),
            "start_error": metrics.probe_error(start, true_probe), "final_error": metrics.probe_error(final, true_probe),
            "start_intensity_error": None, "final_intensity_error": None}
+    doc["final_error_registered"], shift = metrics.registered_probe_error(final, true_probe)
+    doc["final_shift_px"] = [float(shift[0]), float(shift[1])]
     if rec_modes is not None or true_modes is not None:
         truth_intensity = metrics.total_intensity(true_probe if true_modes is None else true_modes)
         doc["start_intensity_error"] = metrics.intensity_error(metrics.total_intensity(start), truth_intensity)
@@ -1124,7 +1127,8 @@ def realistic_table(summary: dict, names: list[str]) -> str | None:
 
 POSITION_NAMES = ("position_rms_before_px", "position_rms_after_px", "position_raw_rms_before_px",
                   "position_raw_rms_after_px", "position_max_before_px", "position_max_after_px")
-PROBE_NAMES = ("probe_error_start", "probe_error_final", "probe_intensity_error_start", "probe_intensity_error_final")
+PROBE_NAMES = ("probe_error_start", "probe_error_final", "probe_error_final_registered", "probe_intensity_error_start",
+               "probe_intensity_error_final")
 
 
 def positions_section(summary: dict) -> list[str]:
@@ -1149,7 +1153,9 @@ def probe_section(summary: dict) -> list[str]:
     return ["## Probe", "",
             "Probe error = min over complex c of ‖c·P − P_true‖ / ‖P_true‖ (scale and global phase free; a shift of "
             "the probe counts as error), first mode against `probeGuess`, for the start probe (`initial_probe`, or "
-            "`probeGuess` itself when the run started from it: 0) and the final one. With probe modes (reconstructed "
+            "`probeGuess` itself when the run started from it: 0) and the final one; *shift removed*: the final "
+            "probe's error after the sub-pixel shift that best aligns it with the truth (a probe and object shifted "
+            "together give the same data; the object is registered before it is scored too). With probe modes (reconstructed "
             "or true), the intensity error = min over a ≥ 0 of ‖a·Σₖ|Pₖ|² − I_true‖ / ‖I_true‖, I_true = Σₖ|P_true,k|² "
             "(`probe_modes` of the input, else |probeGuess|²). Cell mean ± 95 % CI half-width (per job: "
             "`jobs[].probe`). Figure: `figures/probe_error_vs_dose.png`.", ""] + scoring_lines(summary) + [table, ""]
@@ -1534,6 +1540,8 @@ def draw_realistic(summary: dict, cells: list[dict], views: list[str], fig_dir: 
                                                   "(given to the engine), after = final; cell mean with 95 % CI"))
     probe_panels = [(title, ylabel, before, after) for title, ylabel, before, after in (
         ("probe (first mode vs probeGuess)", "min_c ||cP - P_true|| / ||P_true||", "probe_error_start", "probe_error_final"),
+        ("probe, final shift removed", "min_c ||cP - P_true|| / ||P_true||", "probe_error_start",
+         "probe_error_final_registered"),
         ("total intensity sum_k |P_k|^2", "relative intensity error", "probe_intensity_error_start",
          "probe_intensity_error_final")) if after in names]
     if probe_panels:
