@@ -21,6 +21,19 @@ from ptydose.core.geometry import position_origin
 from ptydose.core.physics import ForwardModel, normalise_probe, object_windows
 
 
+def design_variant(source: Path, tmp_path: Path, **changes) -> Path:
+    """The design at ``source`` with top-level keys replaced (None removes one), written beside the test."""
+    raw = json.loads(Path(source).read_text())
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
 def example_arrays(n: int = 6, frame: int = 8, object_size: int = 20, dose: int = 1000,
                    seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
     """A tiny, physically consistent contract dataset: ``(arrays, metadata)``.

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import builders
 from ptydose.core.contract import read_contract_npz, write_contract_npz
 from ptydose.core.design import load_design
 from ptydose.core.errors import DesignError, EngineError
@@ -57,15 +58,7 @@ MODEL_START = ProbeStart(source="model", model="defocused_pupil", pupil_radius_f
 
 def _design(tmp_path: Path, **changes) -> Path:
     """The smoke design with top-level keys replaced (None removes one), written beside the test."""
-    raw = json.loads(SMOKE.read_text())
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    path = tmp_path / "design.json"
-    path.write_text(json.dumps(raw))
-    return path
+    return builders.design_variant(SMOKE, tmp_path, **changes)
 
 
 def _options(path: Path) -> dict:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import builders
 from ptydose.core.design import load_design
 from ptydose.core.errors import DesignError
 from ptydose.core.jobs import options_hash, plan_jobs, write_plan
@@ -24,15 +24,7 @@ EXAMPLE = REPO / "examples" / "external_engine" / "simple_epie.py"
 
 def _design(smoke_data, tmp_path: Path, **changes) -> Path:
     """The smoke design with top-level keys replaced (None removes one), written beside the test."""
-    raw = json.loads(Path(smoke_data["design"]).read_text())
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    path = tmp_path / "design.json"
-    path.write_text(json.dumps(raw))
-    return path
+    return builders.design_variant(Path(smoke_data["design"]), tmp_path, **changes)
 
 
 def _plan(smoke_data, design: Path, art: Path, **kwargs):

@@ -177,6 +177,22 @@ def _engine_options() -> dict:
             "seed": 123, "chunk_epochs": 2, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8}
 
 
+def _write_manifest(root, jobs, executions, design, design_path, c_root, d_root) -> None:
+    """The reconstruction manifest plan-jobs would write for crafted ``jobs`` and their results."""
+    manifest = {
+        "schema_version": "1.0", "jobs": jobs, "total_jobs": len(jobs), "filtered_jobs": len(jobs), "missing_jobs": [],
+        "execution_results": executions,
+        "instrument": {"photon_energy_eV": 8800.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 7.5e-5,
+                       "exposure_time_s": 0.1, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
+        "provenance": {"design": str(design_path), "design_name": design.name, "design_hash": design.design_hash,
+                       "phase_c_root": str(c_root), "phase_d_root": str(d_root), "artifact_root": str(root),
+                       "filters": {"doses": None, "views": None, "splits": None}, "allow_missing_phase_d": False,
+                       "spacing_thresholds": design.spacing_thresholds, "created": "2026-01-01T00:00:00+00:00",
+                       "tool": "plan-jobs", "tool_version": "0"},
+    }
+    write_json(root / "reconstruction_manifest.json", manifest, "reconstruction_manifest")
+
+
 def build_crafted_sweep(base: Path, design_path: Path, doses: tuple[int, ...], views: dict[str, tuple[float, float | None]],
                         replicates: int = 1, twins: dict[str, str] | None = None, seed: int = 5) -> Path:
     """A sweep whose jobs all ran ok, built in the artifact layout (replicate r >= 1 under rep<r>).
@@ -239,18 +255,7 @@ def build_crafted_sweep(base: Path, design_path: Path, doses: tuple[int, ...], v
                              loss_epochs=epochs, loss_values=(1.0 / epochs).astype(np.float64),
                              _metadata=np.array(json.dumps({"job_id": jid, "input_sha256": job["input_sha256"],
                                                             "options_hash": options_hash(job)})))
-    manifest = {
-        "schema_version": "1.0", "jobs": jobs, "total_jobs": len(jobs), "filtered_jobs": len(jobs), "missing_jobs": [],
-        "execution_results": executions,
-        "instrument": {"photon_energy_eV": 8800.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 7.5e-5,
-                       "exposure_time_s": 0.1, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
-        "provenance": {"design": str(design_path), "design_name": design.name, "design_hash": design.design_hash,
-                       "phase_c_root": str(c_root), "phase_d_root": str(d_root), "artifact_root": str(root),
-                       "filters": {"doses": None, "views": None, "splits": None}, "allow_missing_phase_d": False,
-                       "spacing_thresholds": design.spacing_thresholds, "created": "2026-01-01T00:00:00+00:00",
-                       "tool": "plan-jobs", "tool_version": "0"},
-    }
-    write_json(root / "reconstruction_manifest.json", manifest, "reconstruction_manifest")
+    _write_manifest(root, jobs, executions, design, design_path, c_root, d_root)
     return root
 
 

@@ -29,6 +29,7 @@ from test_summarize import (
     _selection,
     _sha,
     _shift,
+    _write_manifest,
     build_crafted_sweep,
 )
 
@@ -138,18 +139,7 @@ def build_realistic_sweep(base: Path, design_path: Path, doses: tuple[int, ...],
                     else:
                         arrays[key] = value
                 np.savez(folder / "reconstruction.npz", **arrays)
-    manifest = {
-        "schema_version": "1.0", "jobs": jobs, "total_jobs": len(jobs), "filtered_jobs": len(jobs), "missing_jobs": [],
-        "execution_results": executions,
-        "instrument": {"photon_energy_eV": 8800.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 7.5e-5,
-                       "exposure_time_s": 0.1, "wavelength_m": 1.4e-10, "object_pixel_size_m": 5e-8},
-        "provenance": {"design": str(design_path), "design_name": design.name, "design_hash": design.design_hash,
-                       "phase_c_root": str(c_root), "phase_d_root": str(d_root), "artifact_root": str(root),
-                       "filters": {"doses": None, "views": None, "splits": None}, "allow_missing_phase_d": False,
-                       "spacing_thresholds": design.spacing_thresholds, "created": "2026-01-01T00:00:00+00:00",
-                       "tool": "plan-jobs", "tool_version": "0"},
-    }
-    write_json(root / "reconstruction_manifest.json", manifest, "reconstruction_manifest")
+    _write_manifest(root, jobs, executions, design, design_path, c_root, d_root)
     return root
 
 

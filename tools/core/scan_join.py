@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import overlap, physics
-from .contract import check_npz, read_contract_npz
+from .contract import check_npz, read_contract_npz, require_valid
 from .contract.reading import open_zip
 from .contract.spec import (
     CONTRACT,
@@ -121,10 +121,7 @@ def read_part(path: Path) -> Part:
     """A part after the full contract check (the first problem is a one-line error)."""
     if not path.is_file():
         raise ContractError(f"{path}: file not found")
-    report = check_npz(path, full=True)
-    if not report.ok:
-        raise ContractError(report.lines()[0])
-    for line in report.lines():
+    for line in require_valid(path):
         log.warning("%s", line)
     keys = ("scan_index", "xcoords", "ycoords", *NOMINAL_KEYS)
     data = read_contract_npz(path, check_values=False, keys=keys)

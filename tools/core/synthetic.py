@@ -736,12 +736,8 @@ def remove_stale_files(geometry: StudyGeometry, roots: dict[str, Path]) -> list[
     return removed
 
 
-def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_root: str | Path,
-                   doses: Iterable[float] | None = None, force: bool = False,
-                   progress: bool | None = None) -> GenerationResult:
-    """Generate (or confirm up to date) every file of the requested doses of a design."""
-    design = load_design(design_path)
-    chosen = resolve_doses(design, doses)
+def output_roots(phase_c_root: str | Path, phase_d_root: str | Path) -> dict[str, Path]:
+    """Both output roots, resolved; refused when one is a file or both are the same folder."""
     roots = {"phase_c": Path(phase_c_root).resolve(), "phase_d": Path(phase_d_root).resolve()}
     for kind, root in roots.items():
         if root.exists() and not root.is_dir():
@@ -749,6 +745,16 @@ def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_ro
     if roots["phase_c"] == roots["phase_d"]:
         # Each root holds its own dataset_index.json: one folder for both would overwrite it.
         raise DesignError(f"{roots['phase_c']}: --phase-c-root and --phase-d-root must be different folders")
+    return roots
+
+
+def generate_study(design_path: str | Path, phase_c_root: str | Path, phase_d_root: str | Path,
+                   doses: Iterable[float] | None = None, force: bool = False,
+                   progress: bool | None = None) -> GenerationResult:
+    """Generate (or confirm up to date) every file of the requested doses of a design."""
+    design = load_design(design_path)
+    chosen = resolve_doses(design, doses)
+    roots = output_roots(phase_c_root, phase_d_root)
     geometry = build_geometry(design)
 
     with _roots_locked(roots):

@@ -36,14 +36,14 @@ import numpy as np
 from .. import __version__
 from . import manifests, physics, synthetic
 from .contract import OPTIONAL_KEYS as CONTRACT_OPTIONAL_KEYS
-from .contract import check_npz, read_contract_npz, read_npz_arrays
+from .contract import read_contract_npz, read_npz_arrays, require_valid
 from .contract.reading import open_zip
 from .contract.spec import FileReport, counts_from_diffraction
 from .contract.structure import inspect
 from .contract.values import ZipSource
-from .design import StudyDesign, dose_key, load_design
+from .design import StudyDesign, dose_key, file_digest, load_design
 from .errors import ContractError, DesignError
-from .fileio import NpzMember, NpzWriter, sha256_file, streamed_npz
+from .fileio import NpzMember, NpzWriter, streamed_npz
 from .synthetic import FilePlan, StudyGeometry
 
 log = logging.getLogger(__name__)
@@ -230,10 +230,7 @@ def read_parent(design: StudyDesign) -> Parent:
     path = design.resolve(given)
     if not path.is_file():
         raise DesignError(f"{design.path}: measured/npz: file not found: {path}")
-    report = check_npz(path, full=True)
-    if not report.ok:
-        raise ContractError(report.lines()[0])
-    for line in report.lines():
+    for line in require_valid(path):
         log.warning("parent: %s", line)
     metadata = read_contract_npz(path, check_values=False, keys=()).metadata
     dose = metadata.get("dose")
@@ -250,7 +247,7 @@ def read_parent(design: StudyDesign) -> Parent:
     for key in ("xcoords", "ycoords", *PER_POSITION_OPTIONAL):
         if key in arrays:
             arrays[key] = arrays[key].astype(np.float64, copy=False)
-    return Parent(path, given, sha256_file(path), metadata, arrays)
+    return Parent(path, given, file_digest(path), metadata, arrays)  # hashed once, with the design's hashes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,38 +405,6 @@ def _keep_totals(batches: Iterable[tuple[slice, np.ndarray]], totals: np.ndarray
 # ----------------------------------------------------------------------------------------------
 # Orchestration
 # ----------------------------------------------------------------------------------------------
-def _same_generation(index: dict | None, hashes: Hashes) -> bool:
-    return (bool(index) and index["design_hash"] == hashes.design_hash and index["generator_version"] == __version__
-            and index.get("generator_code_hash") == synthetic.generator_code_hash())
-
-
-def unit_up_to_date(geometry: StudyGeometry, dose: int, replicate: int, roots: dict[str, Path],
-                    indexes: dict[str, dict | None], hashes: Hashes) -> bool:
-    """True when both indexes come from this design (parent included) and generator code and every
-    file of (dose, replicate) is on disk with the sha256 its index records."""
-    for plan in geometry.file_plans(dose, replicate):
-        index = indexes[plan.root]
-        if not _same_generation(index, hashes):
-            return False
-        entry = next((e for e in index["files"] if e["path"] == plan.relpath), None)
-        path = roots[plan.root] / plan.relpath
-        if entry is None or not path.is_file() or sha256_file(path) != entry["sha256"]:
-            return False
-    return True
-
-
-def output_roots(phase_c_root: str | Path, phase_d_root: str | Path) -> dict[str, Path]:
-    """Both output roots, resolved; refused when one is a file or both are the same folder."""
-    roots = {"phase_c": Path(phase_c_root).resolve(), "phase_d": Path(phase_d_root).resolve()}
-    for kind, root in roots.items():
-        if root.exists() and not root.is_dir():
-            raise DesignError(f"{root}: --{kind.replace('_', '-')}-root is a file, expected a folder")
-    if roots["phase_c"] == roots["phase_d"]:
-        # Each root holds its own dataset_index.json: one folder for both would overwrite it.
-        raise DesignError(f"{roots['phase_c']}: --phase-c-root and --phase-d-root must be different folders")
-    return roots
-
-
 def generate_ladder(design: StudyDesign, phase_c_root: str | Path, phase_d_root: str | Path,
                     doses: Iterable[float] | None = None, force: bool = False,
                     progress: bool | None = None) -> synthetic.GenerationResult:
@@ -451,7 +416,7 @@ def generate_ladder(design: StudyDesign, phase_c_root: str | Path, phase_d_root:
     if design.measured is None:
         raise DesignError(f"{design.path}: measured: the design simulates its data (use generate_study)")
     chosen = synthetic.resolve_doses(design, doses)
-    roots = output_roots(phase_c_root, phase_d_root)
+    roots = synthetic.output_roots(phase_c_root, phase_d_root)
     parent = read_parent(design)
     ladder = make_ladder(design, parent.dose)
     geometry = build_geometry(design, parent)
@@ -461,7 +426,7 @@ def generate_ladder(design: StudyDesign, phase_c_root: str | Path, phase_d_root:
         synthetic.remove_stale_files(geometry, roots)
         indexes = {kind: synthetic.read_index(root / synthetic.INDEX_NAME) for kind, root in roots.items()}
         pending = [(d, r) for d, r in geometry.units(chosen)
-                   if force or not unit_up_to_date(geometry, d, r, roots, indexes, hashes)]
+                   if force or not synthetic.dose_up_to_date(geometry, d, roots, indexes, r)]
         generated = list(dict.fromkeys(d for d, _ in pending))
         for dose in (d for d in chosen if d not in generated):
             log.info("%s: up to date, nothing regenerated", dose_key(dose))

@@ -15,6 +15,7 @@ from .io import (
                  read_contract_npz,
                  read_npz_arrays,
                  report_document,
+                 require_valid,
                  validate_files,
                  write_contract_npz,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "NOMINAL_KEYS", "OPTIONAL", "OPTIONAL_KEYS", "PROBE_POWER_REL_TOL",
     "ContractData", "FileReport", "KeySpec", "MemberHeader", "Problem", "check_npz", "continuous_counts",
     "counts_from_diffraction",
-    "find_npz_files", "read_contract_npz", "read_npz_arrays", "report_document", "shape_text", "validate_files",
+    "find_npz_files", "read_contract_npz", "read_npz_arrays", "report_document", "require_valid", "shape_text",
+    "validate_files",
     "write_contract_npz",
 ]

@@ -120,6 +120,15 @@ def check_npz(path: str | os.PathLike, full: bool = True, *, chunk_bytes: int = 
     return report
 
 
+def require_valid(path: str | os.PathLike) -> list[str]:
+    """Full contract check of a file a tool takes whole (a ladder's parent, a scan's part): the first
+    problem raises :class:`ContractError` as its one line; the warning lines are returned."""
+    report = check_npz(path, full=True)
+    if not report.ok:
+        raise ContractError(report.lines()[0])
+    return report.lines()
+
+
 def _refuse_beyond_memory(path: Path, sizes: dict[str, int], working_bytes: int, memory_limit: int | None) -> None:
     """Refuse, before allocating anything, arrays whose declared sizes exceed the memory available."""
     if not sizes:
