@@ -361,6 +361,17 @@ def test_nominal_position_errors(tmp_path):
         ("nominal_xcoords", "float32 coordinates lose precision (expected float64, found float32)")]
 
 
+def test_nominal_positions_must_keep_the_windows_inside_the_object(tmp_path):
+    """The engines are given the nominal positions: one far outside (or absurdly large) is an error
+    naming nominal_xcoords, as a true position outside is one naming xcoords."""
+    for name, value in (("outside", 1e4), ("huge", 1e300)):
+        arrays, meta = realistic()
+        arrays["nominal_xcoords"][1] = value
+        (problem,) = check_npz(write_contract_npz(tmp_path / f"{name}.npz", arrays, meta)).errors
+        assert problem.key == "nominal_xcoords"
+        assert problem.message.startswith("1 windows at the nominal positions leave objectGuess")
+
+
 def test_nominal_positions_without_error_metadata_are_accepted(tmp_path):
     """A measurement may report nominal positions with no simulated error model behind them."""
     arrays, meta = realistic(modes=1, mask=False)

@@ -189,6 +189,22 @@ def _check_rest(src: Source, insp: Inspection, report: FileReport, chunk_bytes: 
                                     f"(y {float(small['ycoords'][j]):.6g}, x {float(small['xcoords'][j]):.6g}))")
         else:
             starts = (sy, sx)
+    # The positions an engine is given must place its windows inside the object frame too.
+    if (insp.usable("nominal_xcoords", "nominal_ycoords") and "nominal_xcoords" in small and "nominal_ycoords" in small
+            and insp.object_shape is not None and insp.frame is not None):
+        ny, nx = small["nominal_ycoords"], small["nominal_xcoords"]
+        if ny.shape == nx.shape and np.all(np.isfinite(ny)) and np.all(np.isfinite(nx)):
+            rows, cols = insp.object_shape
+            limit = 4.0 * max(rows, cols)  # beyond this a window start is not even a representable index
+            far = (np.abs(ny) > limit) | (np.abs(nx) > limit)
+            sy, sx = window_starts(np.stack([np.clip(ny, -limit, limit), np.clip(nx, -limit, limit)], axis=1),
+                                   insp.object_shape, insp.frame).T
+            outside = far | (sy < 0) | (sx < 0) | (sy + insp.frame > rows) | (sx + insp.frame > cols)
+            if outside.any():
+                j = int(np.flatnonzero(outside)[0])
+                report.error("nominal_xcoords", f"{int(outside.sum())} windows at the nominal positions leave objectGuess "
+                                                f"{shape_text(insp.object_shape)} (expected every window inside, found "
+                                                f"pattern {j} at (y {float(ny[j]):.6g}, x {float(nx[j]):.6g}))")
 
     n, frame = insp.n, insp.frame
     if insp.usable("diffraction") and n is not None and frame is not None:
