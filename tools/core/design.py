@@ -71,6 +71,13 @@ def data_relpath(view: str, dose: int, split: str, replicate: int = 0) -> str:
     return f"{base}/{view}/{view}_{split}.npz"
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file: ``file not found: <path>`` or ``not a regular file (...)``."""
+    if path.exists():
+        return f"not a regular file (a folder, FIFO or device): {path}"
+    return f"file not found: {path}"
+
+
 def canonical_json(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -428,8 +435,11 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
     if design.measured is not None:
         parent = design.resolve(design.measured["npz"])
         if not parent.is_file():
-            raise DesignError(f"{source}: measured/npz: file not found: {parent}")
-        top = read_measured_parent(parent).dose / design.replicates  # K independent parts of the parent
+            raise DesignError(f"{source}: measured/npz: {not_a_file(parent)}")
+        try:
+            top = read_measured_parent(parent).dose / design.replicates  # K independent parts of the parent
+        except DesignError as exc:
+            raise DesignError(f"{source}: {exc}") from None
         for i, dose in enumerate(design.doses):
             if dose > top:
                 raise DesignError(f"{source}: doses/{i}: {dose} photons is above what thinning the parent can give "
@@ -438,9 +448,9 @@ def parse_design(raw: Any, path: str | Path = "design.json") -> StudyDesign:
         return design
     probe = raw["probe"]
     if "npz" in probe and not design.resolve(probe["npz"]).is_file():
-        raise DesignError(f"{source}: probe/npz: file not found: {design.resolve(probe['npz'])}")
+        raise DesignError(f"{source}: probe/npz: {not_a_file(design.resolve(probe['npz']))}")
     if raw["object"]["model"] == "image" and not design.resolve(raw["object"]["image"]).is_file():
-        raise DesignError(f"{source}: object/image: file not found: {design.resolve(raw['object']['image'])}")
+        raise DesignError(f"{source}: object/image: {not_a_file(design.resolve(raw['object']['image']))}")
     return design
 
 

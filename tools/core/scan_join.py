@@ -120,7 +120,8 @@ def _member_digest(source: ZipSource, key: str) -> str:
 def read_part(path: Path) -> Part:
     """A part after the full contract check (the first problem is a one-line error)."""
     if not path.is_file():
-        raise ContractError(f"{path}: file not found")
+        why = "not a regular file (a folder, FIFO or device)" if path.exists() else "file not found"
+        raise ContractError(f"{path}: {why}")
     for line in require_valid(path):
         log.warning("%s", line)
     keys = ("scan_index", "xcoords", "ycoords", *NOMINAL_KEYS)

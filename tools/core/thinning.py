@@ -41,7 +41,7 @@ from .contract.reading import open_zip
 from .contract.spec import FileReport, counts_from_diffraction
 from .contract.structure import inspect
 from .contract.values import ZipSource
-from .design import StudyDesign, dose_key, file_digest, load_design
+from .design import StudyDesign, dose_key, file_digest, load_design, not_a_file
 from .errors import ContractError, DesignError
 from .fileio import NpzMember, NpzWriter, streamed_npz
 from .synthetic import FilePlan, StudyGeometry
@@ -229,7 +229,7 @@ def read_parent(design: StudyDesign) -> Parent:
     given = design.measured["npz"]
     path = design.resolve(given)
     if not path.is_file():
-        raise DesignError(f"{design.path}: measured/npz: file not found: {path}")
+        raise DesignError(f"{design.path}: measured/npz: {not_a_file(path)}")
     for line in require_valid(path):
         log.warning("parent: %s", line)
     metadata = read_contract_npz(path, check_values=False, keys=()).metadata
